@@ -1,0 +1,263 @@
+# -*- coding: utf-8 -*-
+"""Preflight checks of a gpuforge inventory (shared/DESIGN.md sections 3 and 7).
+
+Pure functions: they take the inventory's group tree (from `ansible-inventory --graph`) and each host's
+variables, and return a list of problems, each naming the host or group, the variable and the fix.
+playbooks/preflight.yml calls them on the controller before any host is contacted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+
+DOCUMENTATION = r"""
+name: gpuforge_preflight
+short_description: Validate a gpuforge inventory before any host is contacted
+description:
+  - C(gpuforge_inventory_tree) parses the output of C(ansible-inventory --graph) into a group tree.
+  - C(gpuforge_inventory_problems) returns a list of problems with the inventory, each naming the host or
+    group, the variable and the fix. An empty list means the inventory is sound.
+  - C(gpuforge_os_problems) checks gathered facts (supported OS, one Python version per serving group).
+"""
+
+SERVING_PARENT = "serving"
+# Variables that every host of a serving group must agree on (one vLLM replica, one Ray cluster).
+GROUP_CONSISTENT = ("gpu_count", "nvidia_driver_branch", "nvidia_driver_version", "ray_version",
+                    "vllm_version", "vllm_model", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size")
+SUPPORTED_OS = {"Debian": ("12", "13"), "Ubuntu": ("22", "24")}
+
+
+def inventory_tree(graph_text):
+    """Parse `ansible-inventory --graph` into {group: {"children": [...], "hosts": [...]}}."""
+    tree = {}
+    stack = []  # (depth, group)
+    for raw in str(graph_text).splitlines():
+        if not raw.strip():
+            continue
+        if raw.startswith("@"):
+            depth, name = 0, raw.strip()
+        else:
+            idx = raw.find("|--")
+            if idx < 0:
+                continue
+            depth, name = idx // 3 + 1, raw[idx + 3:].strip()
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parent = stack[-1][1] if stack else None
+        if name.startswith("@"):
+            group = name[1:].rstrip(":")
+            tree.setdefault(group, {"children": [], "hosts": []})
+            if parent is not None and group not in tree[parent]["children"]:
+                tree[parent]["children"].append(group)
+            stack.append((depth, group))
+        elif parent is not None and name not in tree[parent]["hosts"]:
+            tree[parent]["hosts"].append(name)
+    return tree
+
+
+def _members(tree, group, seen=None):
+    seen = set() if seen is None else seen
+    if group in seen or group not in tree:
+        return []
+    seen.add(group)
+    out = list(tree[group]["hosts"])
+    for child in tree[group]["children"]:
+        out.extend(h for h in _members(tree, child, seen) if h not in out)
+    return out
+
+
+def serving_groups(tree):
+    """{serving group: [hosts]} for every child group of `serving`."""
+    if SERVING_PARENT not in tree:
+        return {}
+    return {g: _members(tree, g) for g in tree[SERVING_PARENT]["children"]}
+
+
+def _type_problems(host, hvars, spec):
+    """Check one host's variables against an argument spec; return problems with the spec's fix text."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    problems = []
+    for name, opts in spec.items():
+        if name not in hvars or hvars[name] is None:
+            continue
+        one = {name: {k: v for k, v in opts.items() if k in ("type", "choices", "elements")}}
+        result = ArgumentSpecValidator(one).validate({name: hvars[name]})
+        if result.error_messages:
+            fix = opts.get("fix") or opts.get("description", "")
+            if isinstance(fix, list):
+                fix = " ".join(fix)
+            problems.append(
+                f"host {host}: variable {name} = {hvars[name]!r} is invalid "
+                f"({result.error_messages[0]}). Fix: {fix}".rstrip()
+            )
+    return problems
+
+
+def _as_int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def inventory_problems(tree, hostvars, spec=None):
+    """Every problem found in the inventory; an empty list means it is sound."""
+    spec = spec or {}
+    if not isinstance(hostvars, Mapping):
+        hostvars = dict(hostvars)
+    problems = []
+    all_hosts = _members(tree, "all")
+
+    def hv(host):
+        return hostvars[host] if host in hostvars else {}
+
+    gpu_nodes = _members(tree, "gpu_nodes")
+    if not gpu_nodes:
+        problems.append("inventory: group gpu_nodes is missing or empty. Fix: list every host that has "
+                        "NVIDIA GPUs under gpu_nodes in the inventory's hosts.yml.")
+
+    # Types first: later checks assume them.
+    typed_ok = {}
+    for host in all_hosts:
+        tp = _type_problems(host, hv(host), spec)
+        problems.extend(tp)
+        typed_ok[host] = not tp
+
+    for host in gpu_nodes:
+        count = hv(host).get("gpu_count")
+        if count is None:
+            problems.append(f"host {host}: variable gpu_count is not set. Fix: set gpu_count to the number "
+                            "of GPUs the host has (group_vars/gpu_nodes.yml or host_vars).")
+        elif typed_ok[host] and (_as_int(count) or 0) < 1:
+            problems.append(f"host {host}: variable gpu_count = {count!r} must be at least 1 for a host in "
+                            "gpu_nodes. Fix: set it to the host's GPU count, or move the host out of gpu_nodes.")
+
+    # Serving groups: one vLLM replica each.
+    groups = serving_groups(tree)
+    if SERVING_PARENT in tree and tree[SERVING_PARENT]["hosts"]:
+        for host in tree[SERVING_PARENT]["hosts"]:
+            problems.append(f"host {host}: listed directly under group serving. Fix: put it in a serving "
+                            "group, a child group of serving (e.g. serving_a), whose first host is the Ray head.")
+    membership = {}
+    for group, hosts in groups.items():
+        if not hosts:
+            problems.append(f"serving group {group}: has no hosts. Fix: add its GPU hosts or remove the group.")
+            continue
+        for host in hosts:
+            membership.setdefault(host, []).append(group)
+            if host not in gpu_nodes:
+                problems.append(f"host {host}: is in serving group {group} but not in gpu_nodes. Fix: add it "
+                                "to gpu_nodes (serving hosts need GPUs) or remove it from the serving group.")
+        for var in GROUP_CONSISTENT:
+            values = {h: hv(h).get(var) for h in hosts}
+            distinct = {repr(v) for v in values.values()}
+            if len(distinct) > 1:
+                detail = ", ".join(f"{h}={v!r}" for h, v in values.items())
+                problems.append(f"serving group {group}: hosts disagree on {var} ({detail}). Fix: set {var} "
+                                f"once for the group in group_vars/{group}.yml; a serving group is one "
+                                "replica and its hosts must match.")
+        if not all(typed_ok.get(h, True) for h in hosts):
+            continue
+        first = hv(hosts[0])
+        per_host = _as_int(first.get("gpu_count"))
+        if per_host is None or per_host < 1:
+            continue
+        total = per_host * len(hosts)
+        tp = _as_int(first.get("vllm_tensor_parallel_size"))
+        pp = _as_int(first.get("vllm_pipeline_parallel_size"))
+        if tp is not None and pp is not None and tp * pp != total:
+            problems.append(
+                f"serving group {group}: vllm_tensor_parallel_size ({tp}) x vllm_pipeline_parallel_size "
+                f"({pp}) = {tp * pp}, but the group has {total} GPUs ({len(hosts)} hosts x {per_host}). "
+                f"Fix: make the product {total}, e.g. tensor parallel {per_host} (GPUs per host) and "
+                f"pipeline parallel {len(hosts)} (hosts), or leave both unset for those defaults.")
+        elif tp is not None and pp is None and total % tp:
+            problems.append(f"serving group {group}: vllm_tensor_parallel_size ({tp}) does not divide the "
+                            f"group's {total} GPUs. Fix: choose a divisor of {total}, usually {per_host}.")
+        elif pp is not None and tp is None and pp != len(hosts):
+            problems.append(f"serving group {group}: vllm_pipeline_parallel_size ({pp}) differs from its "
+                            f"{len(hosts)} hosts while tensor parallel defaults to GPUs per host ({per_host}). "
+                            "Fix: set vllm_tensor_parallel_size too, so that their product is "
+                            f"{total}.")
+    for host, in_groups in sorted(membership.items()):
+        if len(in_groups) > 1:
+            problems.append(f"host {host}: is in {len(in_groups)} serving groups ({', '.join(in_groups)}). "
+                            "Fix: a host serves one replica; keep it in one serving group.")
+    if groups and not _members(tree, "lb"):
+        problems.append("inventory: group lb is missing or empty while serving groups exist. Fix: add the "
+                        "host(s) that run the load balancer in front of the serving groups under lb.")
+
+    # Kubernetes
+    if any(str(hv(h).get("kubernetes_enabled", False)).lower() in ("true", "yes", "1") for h in all_hosts) \
+            and not _members(tree, "kube_control_plane"):
+        problems.append("inventory: kubernetes_enabled is true but group kube_control_plane is missing or "
+                        "empty. Fix: add the control-plane host(s), or set kubernetes_enabled: false.")
+
+    # Addresses and fabric
+    mgmt, fabric = {}, {}
+    for host in all_hosts:
+        v = hv(host)
+        addr = str(v.get("ansible_host") or host)
+        mgmt.setdefault(addr, []).append(host)
+        f_ip, f_if = v.get("fabric_ip"), v.get("fabric_interface")
+        if f_ip and not f_if:
+            problems.append(f"host {host}: fabric_ip is set ({f_ip}) but fabric_interface is not. Fix: set "
+                            "fabric_interface to the IPoIB/RoCE interface that carries fabric_ip (e.g. ibp12s0).")
+        if f_if and not f_ip:
+            problems.append(f"host {host}: fabric_interface is set ({f_if}) but fabric_ip is not. Fix: set "
+                            "fabric_ip to the address of that interface.")
+        if f_ip:
+            try:
+                ipaddress.ip_address(str(f_ip))
+            except ValueError:
+                problems.append(f"host {host}: fabric_ip = {f_ip!r} is not an IP address. Fix: set the "
+                                "fabric interface's address, e.g. 10.10.0.11.")
+            else:
+                fabric.setdefault(str(f_ip), []).append(host)
+    for addr, hosts in sorted(mgmt.items()):
+        if len(hosts) > 1:
+            problems.append(f"hosts {', '.join(hosts)}: share the management address {addr} (ansible_host). "
+                            "Fix: give each host its own ansible_host.")
+    for addr, hosts in sorted(fabric.items()):
+        if len(hosts) > 1:
+            problems.append(f"hosts {', '.join(hosts)}: share the fabric address {addr} (fabric_ip). "
+                            "Fix: give each host its own fabric_ip.")
+    return problems
+
+
+def os_problems(tree, hostvars):
+    """Problems visible once facts exist: unsupported OS, mixed Python versions in a serving group."""
+    problems = []
+    for host in _members(tree, "all"):
+        facts = (hostvars.get(host) or {}).get("ansible_facts") or {}
+        if not facts:
+            continue
+        dist, major = facts.get("distribution"), str(facts.get("distribution_major_version"))
+        if dist not in SUPPORTED_OS or major not in SUPPORTED_OS[dist]:
+            supported = "; ".join(f"{d} {', '.join(v)}" for d, v in SUPPORTED_OS.items())
+            problems.append(f"host {host}: runs {dist} {facts.get('distribution_version')}, which gpuforge "
+                            f"does not support. Fix: install a supported OS ({supported}).")
+    for group, hosts in serving_groups(tree).items():
+        versions = {}
+        for host in hosts:
+            py = ((hostvars.get(host) or {}).get("ansible_facts") or {}).get("python") or {}
+            vi = py.get("version") or {}
+            if vi:
+                versions[host] = f"{vi.get('major')}.{vi.get('minor')}"
+        if len(set(versions.values())) > 1:
+            detail = ", ".join(f"{h}={v}" for h, v in versions.items())
+            problems.append(f"serving group {group}: hosts run different Python versions ({detail}). Fix: "
+                            "install the same OS release on every host of a serving group; Ray needs one "
+                            "Python version across a cluster.")
+    return problems
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "gpuforge_inventory_tree": inventory_tree,
+            "gpuforge_inventory_problems": inventory_problems,
+            "gpuforge_os_problems": os_problems,
+        }

@@ -1,0 +1,309 @@
+"""The lab: systemd containers that stand in for bare-metal hosts (shared/DESIGN.md section 5).
+
+Every object the lab creates carries the Docker label `gpuforge.lab=1`; `down` removes exactly those
+containers and networks, the generated inventory and the lab's SSH key, and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import host, images
+from .host import say
+
+LABEL = "gpuforge.lab=1"
+MGMT_NET = "gpuforge-lab"
+FABRIC_NET = "gpuforge-fabric"
+MGMT_SUBNET = ipaddress.ip_network("172.28.250.0/24")
+FABRIC_SUBNET = ipaddress.ip_network("172.28.251.0/24")
+
+# Flags that run systemd as PID 1 without --privileged (shared/DESIGN.md section 5). Resource limits stay
+# Docker's: raising memlock above the engine's own hard limit needs CAP_SYS_RESOURCE, which some machines
+# (this project's CI among them) cannot grant; the common role caps its limits to what a container has.
+SYSTEMD_FLAGS = [
+    "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "--cgroupns=host",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+    "--security-opt", "seccomp=unconfined", "--stop-signal", "SIGRTMIN+3",
+    "--shm-size", "1g",
+]
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class LabHost:
+    name: str
+    kind: str  # "gpu" or "lb"
+    index: int  # 1-based within its kind
+    serving_group: str | None = None
+
+    @property
+    def container(self) -> str:
+        return f"gpuforge-{self.name}"
+
+    def _offset(self) -> int:
+        return 10 + self.index if self.kind == "gpu" else 200 + self.index
+
+    @property
+    def mgmt_ip(self) -> str:
+        return str(MGMT_SUBNET.network_address + self._offset())
+
+    @property
+    def fabric_ip(self) -> str:
+        return str(FABRIC_SUBNET.network_address + self._offset())
+
+
+@dataclass
+class Topology:
+    gpu_hosts: int = 4
+    groups: int = 2
+    lb_hosts: int = 1
+    gpus_per_host: int = 2
+    distro: str = "12"
+    hosts: list[LabHost] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.distro not in images.DISTROS:
+            raise LabError(f"--distro must be one of {sorted(images.DISTROS)}, got {self.distro!r}")
+        if self.gpu_hosts < 1 or self.gpu_hosts > 80:
+            raise LabError(f"--gpu-hosts must be between 1 and 80, got {self.gpu_hosts}")
+        if self.lb_hosts < 0 or self.lb_hosts > 9:
+            raise LabError(f"--lb-hosts must be between 0 and 9, got {self.lb_hosts}")
+        if self.groups < 1 or self.gpu_hosts % self.groups:
+            raise LabError(
+                f"--gpu-hosts ({self.gpu_hosts}) must split evenly into --groups ({self.groups}): "
+                "every serving group has the same number of hosts")
+        if self.gpus_per_host < 1:
+            raise LabError(f"--gpus-per-host must be at least 1, got {self.gpus_per_host}")
+        per_group = self.gpu_hosts // self.groups
+        self.hosts = [
+            LabHost(f"gpu-{i:02d}", "gpu", i, f"serving_{chr(ord('a') + (i - 1) // per_group)}")
+            for i in range(1, self.gpu_hosts + 1)
+        ] + [LabHost(f"lb-{i:02d}", "lb", i) for i in range(1, self.lb_hosts + 1)]
+
+    @property
+    def serving_groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for h in self.hosts:
+            if h.serving_group:
+                out.setdefault(h.serving_group, []).append(h.name)
+        return out
+
+
+class Lab:
+    def __init__(self, root: Path, topology: Topology | None = None) -> None:
+        self.root = root
+        self.topology = topology or Topology()
+        self.state = root / ".lab"
+        self.key = self.state / "ssh" / "id_ed25519"
+        self.inventory = root / "inventories" / "lab" / "hosts.yml"
+
+    # ---------------------------------------------------------------- docker helpers
+    @staticmethod
+    def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["docker", *args], capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise LabError(f"docker {' '.join(args[:3])} failed: {proc.stderr.strip()}")
+        return proc
+
+    def _containers(self) -> list[dict]:
+        out = self._docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{json .}}").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    @property
+    def gateway(self) -> str:
+        return str(MGMT_SUBNET.network_address + 1)
+
+    @property
+    def apt_proxy(self) -> str:
+        return f"http://{self.gateway}:{host.APT_CACHE_PORT}"
+
+    # ---------------------------------------------------------------- infrastructure
+    def ensure_networks(self) -> None:
+        for name, subnet in ((MGMT_NET, MGMT_SUBNET), (FABRIC_NET, FABRIC_SUBNET)):
+            if self._docker("network", "inspect", name, check=False).returncode == 0:
+                continue
+            say(f"creating network {name} ({subnet})")
+            self._docker("network", "create", "--driver", "bridge", "--label", LABEL,
+                         "--subnet", str(subnet), "--gateway", str(subnet.network_address + 1), name)
+
+    def _bridge_gateway(self) -> str | None:
+        proc = self._docker("network", "inspect", "bridge", "--format",
+                            "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}", check=False)
+        fields = proc.stdout.split()
+        if not fields:
+            return None
+        if len(fields) == 2:  # a gateway was configured explicitly
+            return fields[0]
+        # Docker's default bridge often records only its subnet; its gateway is the first address.
+        return str(ipaddress.ip_network(fields[0], strict=False).network_address + 1)
+
+    def infra(self, distros: list[str] | None = None) -> dict[str, str]:
+        """Docker engine, networks, apt cache and base images: everything but the hosts."""
+        host.ensure_docker()
+        self.ensure_networks()
+        binds = [self.gateway]
+        bridge_gw = self._bridge_gateway()  # molecule's containers use Docker's default bridge
+        if bridge_gw:
+            binds.append(bridge_gw)
+        port = host.ensure_apt_cache(binds)
+        local_proxy = f"http://127.0.0.1:{port}"
+        tags = {}
+        for key in distros or sorted(images.DISTROS):
+            tags[key] = images.ensure_image(images.DISTROS[key], local_proxy)
+        return tags
+
+    def _ensure_key(self) -> None:
+        if self.key.exists():
+            return
+        self.key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuforge-lab",
+                        "-f", str(self.key)], check=True)
+
+    # ---------------------------------------------------------------- lifecycle
+    def up(self, build_all: bool = False) -> None:
+        started = time.monotonic()
+        tag = self.infra(None if build_all else [self.topology.distro])[self.topology.distro]
+        self._ensure_key()
+        wanted = {h.container: h for h in self.topology.hosts}
+        existing = {c["Names"]: c for c in self._containers()}
+        for name, c in existing.items():
+            if name not in wanted:
+                say(f"removing {name}: not in the requested topology")
+                self._docker("rm", "-f", name)
+        for h in self.topology.hosts:
+            run_args = ["--hostname", h.name, "--label", LABEL, "--label", f"gpuforge.lab.kind={h.kind}",
+                        "--network", MGMT_NET, "--ip", h.mgmt_ip, *SYSTEMD_FLAGS,
+                        "-v", f"{self.key}.pub:/root/.ssh/authorized_keys:ro"]
+            # A container is reused only when it was started from the same image with the same flags.
+            config = hashlib.sha256(json.dumps([self._image_id(tag), run_args]).encode()).hexdigest()[:12]
+            c = existing.get(h.container)
+            if c and self._container_label(h.container, "gpuforge.lab.config") == config:
+                if c["State"] != "running":
+                    say(f"starting {h.name}")
+                    self._docker("start", h.container)
+                continue
+            if c:
+                say(f"recreating {h.name}: its image or settings changed")
+                self._docker("rm", "-f", h.container)
+            say(f"starting {h.name} ({h.mgmt_ip}, Debian {self.topology.distro})")
+            self._docker("run", "-d", "--name", h.container, "--label", f"gpuforge.lab.config={config}",
+                         *run_args, tag)
+            self._docker("network", "connect", "--ip", h.fabric_ip, FABRIC_NET, h.container)
+        self.write_inventory()
+        self.wait_ready()
+        say(f"lab is up: {len(self.topology.hosts)} hosts in {time.monotonic() - started:.0f} s; "
+            f"inventory {self.inventory.relative_to(self.root)}")
+
+    def _image_id(self, tag: str) -> str:
+        return self._docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+
+    def _container_label(self, container: str, label: str) -> str:
+        return self._docker("inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}',
+                            container).stdout.strip()
+
+    def ssh_command(self, h: LabHost, *cmd: str) -> list[str]:
+        return ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=3", f"root@{h.mgmt_ip}", *cmd]
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Every host answers over SSH and systemd finished booting."""
+        pending = list(self.topology.hosts)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            still = []
+            for h in pending:
+                proc = subprocess.run(self.ssh_command(h, "systemctl", "is-system-running", "--wait"),
+                                      capture_output=True, text=True, timeout=60)
+                state = proc.stdout.strip()
+                if state not in ("running", "degraded"):
+                    still.append(h)
+                elif state == "degraded":
+                    failed = subprocess.run(self.ssh_command(h, "systemctl", "--failed", "--plain",
+                                                             "--no-legend"), capture_output=True, text=True)
+                    say(f"warning: {h.name} booted degraded: {failed.stdout.strip()}")
+            pending = still
+            if pending:
+                time.sleep(1)
+        if pending:
+            raise LabError("hosts not reachable over SSH with systemd up after "
+                           f"{timeout:.0f} s: {', '.join(h.name for h in pending)}")
+
+    def down(self, purge: bool = False) -> None:
+        for c in self._containers():
+            say(f"removing {c['Names']}")
+            self._docker("rm", "-f", c["Names"])
+        for net in (MGMT_NET, FABRIC_NET):
+            proc = self._docker("network", "inspect", "--format", "{{json .Labels}}", net, check=False)
+            if proc.returncode == 0 and "gpuforge.lab" in proc.stdout:
+                say(f"removing network {net}")
+                self._docker("network", "rm", net)
+        if self.inventory.exists():
+            self.inventory.unlink()
+        for p in (self.key, self.key.with_suffix(".pub")):
+            if p.exists():
+                p.unlink()
+        if purge:
+            out = self._docker("images", "--filter", f"reference={images.IMAGE_REPO}",
+                               "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+            for ref in out:
+                say(f"removing image {ref}")
+                self._docker("rmi", ref, check=False)
+            host.stop_apt_cache()
+
+    def status(self) -> list[dict]:
+        rows = []
+        for c in sorted(self._containers(), key=lambda c: c["Names"]):
+            name = c["Names"]
+            state = c["State"]
+            systemd = "-"
+            if state == "running":
+                proc = self._docker("exec", name, "systemctl", "is-system-running", check=False)
+                systemd = proc.stdout.strip() or "?"
+            ip = self._docker("inspect", "--format",
+                              "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name).stdout.split()
+            rows.append({"container": name, "state": state, "systemd": systemd, "addresses": ip,
+                         "image": c["Image"]})
+        return rows
+
+    # ---------------------------------------------------------------- inventory
+    def inventory_data(self) -> dict:
+        t = self.topology
+        gpu = {h.name: {"ansible_host": h.mgmt_ip, "fabric_interface": "eth1", "fabric_ip": h.fabric_ip}
+               for h in t.hosts if h.kind == "gpu"}
+        lb = {h.name: {"ansible_host": h.mgmt_ip} for h in t.hosts if h.kind == "lb"}
+        return {
+            "all": {
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": str(self.key),
+                    "gpuforge_lab_gateway": self.gateway,
+                    "gpuforge_lab_apt_proxy": self.apt_proxy,
+                },
+                "children": {
+                    # Lab hosts have no GPUs; they declare logical ones (Ray's GPU count).
+                    "gpu_nodes": {"hosts": gpu, "vars": {"gpu_count": t.gpus_per_host}},
+                    "serving": {"children": {
+                        g: {"hosts": {n: None for n in names}} for g, names in t.serving_groups.items()
+                    }},
+                    "lb": {"hosts": lb},
+                },
+            }
+        }
+
+    def write_inventory(self) -> None:
+        self.inventory.parent.mkdir(parents=True, exist_ok=True)
+        header = ("# Generated by `gpuforge lab up`; do not edit. Change the topology with its flags\n"
+                  "# (gpuforge lab up --help). Shared settings live in group_vars/ beside this file.\n")
+        self.inventory.write_text(header + yaml.safe_dump(self.inventory_data(), sort_keys=False))

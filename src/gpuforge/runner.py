@@ -1,0 +1,203 @@
+"""Run playbooks through ansible-runner with a live progress display, a recap table and a JSON summary.
+
+The progress logic (`Progress`) consumes ansible-runner events and is pure, so unit tests feed it events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+HOST_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_changed": "changed",  # not emitted by ansible; ok events carry changed=True
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+
+
+@dataclass
+class TaskProgress:
+    name: str
+    play: str
+    started: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    """Turns ansible-runner events into progress lines, failures and a per-host recap."""
+
+    out: TextIO = sys.stdout
+    live: bool = False  # rewrite one status line in place (a terminal); else print a line per task
+    play: str = ""
+    play_hosts: int = 0
+    tasks_seen: int = 0
+    task: TaskProgress | None = None
+    failures: list[dict] = field(default_factory=list)
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    task_times: list[dict] = field(default_factory=list)
+
+    def handle(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {}) or {}
+        if kind == "playbook_on_play_start":
+            self._finish_task()
+            self.play = data.get("play", "") or data.get("name", "")
+            self.play_hosts = len(data.get("play_pattern", "").split(",")) if data.get("play_pattern") else 0
+            self._print(f"PLAY {self.play}")
+        elif kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+            self._finish_task()
+            self.tasks_seen += 1
+            self.task = TaskProgress(data.get("task", "") or "(unnamed)", self.play, time.monotonic())
+            if self.live:
+                self._status()
+        elif kind in HOST_EVENTS:
+            outcome = HOST_EVENTS[kind]
+            res = data.get("res", {}) or {}
+            if outcome == "ok" and res.get("changed"):
+                outcome = "changed"
+            if data.get("ignore_errors") and outcome == "failed":
+                outcome = "ignored"
+            if self.task:
+                self.task.counts[outcome] = self.task.counts.get(outcome, 0) + 1
+                if self.live:
+                    self._status()
+            if outcome in ("failed", "unreachable"):
+                msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+                failure = {"host": data.get("host", "?"), "task": data.get("task", ""),
+                           "outcome": outcome, "msg": str(msg).strip()[:2000]}
+                self.failures.append(failure)
+                self._print(f"  {outcome.upper()}: {failure['host']}: {failure['msg']}")
+        elif kind == "playbook_on_stats":
+            self._finish_task()
+            for key, stat in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"),
+                              ("dark", "unreachable"), ("skipped", "skipped"), ("rescued", "rescued"),
+                              ("ignored", "ignored")):
+                for hostname, n in (data.get(key) or {}).items():
+                    self.stats.setdefault(hostname, {}).setdefault(stat, 0)
+                    self.stats[hostname][stat] += n
+            for hostname in data.get("processed", {}) or {}:
+                self.stats.setdefault(hostname, {})
+        return True
+
+    # ------------------------------------------------------------------ output
+    def _summary(self, t: TaskProgress) -> str:
+        order = ("ok", "changed", "skipped", "failed", "unreachable", "ignored")
+        return " ".join(f"{k}={t.counts[k]}" for k in order if t.counts.get(k))
+
+    def _status(self) -> None:
+        t = self.task
+        if t is None:
+            return
+        line = f"\r\033[K  [{self.tasks_seen}] {t.name} ... {self._summary(t)}"
+        self.out.write(line)
+        self.out.flush()
+
+    def _finish_task(self) -> None:
+        t = self.task
+        if t is None:
+            return
+        elapsed = time.monotonic() - t.started
+        self.task_times.append({"play": t.play, "task": t.name, "seconds": round(elapsed, 3),
+                                **t.counts})
+        if self.live:
+            self.out.write("\r\033[K")
+        self._print(f"  [{self.tasks_seen}] {t.name} ... {self._summary(t) or 'no hosts'} ({elapsed:.1f}s)")
+        self.task = None
+
+    def _print(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    # ------------------------------------------------------------------ recap
+    def recap_table(self) -> str:
+        cols = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
+        width = max([len("host"), *(len(h) for h in self.stats)])
+        lines = [f"{'host':<{width}}  " + "  ".join(f"{c:>11}" for c in cols)]
+        for hostname in sorted(self.stats):
+            s = self.stats[hostname]
+            lines.append(f"{hostname:<{width}}  " + "  ".join(f"{s.get(c, 0):>11}" for c in cols))
+        return "\n".join(lines)
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, s in self.stats.items() if s.get("failed") or s.get("unreachable"))
+
+
+def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None = None,
+                 tags: str | None = None, check: bool = False, extra_vars: dict | None = None,
+                 runs_dir: Path | None = None, out: TextIO = sys.stdout) -> tuple[int, dict]:
+    """Run one playbook; return (exit status, summary). The summary is also written as JSON."""
+    import ansible_runner  # imported here so `gpuforge lab` works before the runner is installed
+
+    runs_dir = runs_dir or root / "runs"
+    started = dt.datetime.now(dt.UTC)
+    run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    private = runs_dir / run_id
+    private.mkdir(parents=True, exist_ok=True)
+    progress = Progress(out=out, live=out.isatty())
+    cmdline = ["--diff"] if check else []
+    if check:
+        cmdline.insert(0, "--check")
+    inv_path = Path(inventory)
+    if not inv_path.is_absolute():
+        inv_path = (Path.cwd() / inv_path).resolve()
+    if not inv_path.exists():
+        raise FileNotFoundError(f"inventory {inventory} does not exist")
+    # ansible-playbook lives beside this interpreter (the project's virtualenv), activated or not.
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    t0 = time.monotonic()
+    r = ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(root),
+        playbook=playbook,
+        inventory=str(inv_path),
+        limit=limit,
+        tags=tags,
+        cmdline=" ".join(cmdline) or None,
+        extravars=extra_vars or None,
+        envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"},
+        event_handler=progress.handle,
+        quiet=True,
+        suppress_env_files=True,
+    )
+    duration = time.monotonic() - t0
+    rc = r.rc if r.rc is not None else 1
+    if r.status != "successful" and rc == 0:
+        rc = 1
+    summary = {
+        "run_id": run_id,
+        "playbook": playbook,
+        "inventory": str(inv_path),
+        "limit": limit,
+        "tags": tags,
+        "check": check,
+        "started": started.isoformat(),
+        "duration_s": round(duration, 2),
+        "status": r.status,
+        "rc": rc,
+        "tasks": progress.tasks_seen,
+        "hosts": progress.stats,
+        "failed_hosts": progress.failed_hosts,
+        "failures": progress.failures,
+        "task_times": progress.task_times,
+        "artifacts": str(private / "artifacts"),
+    }
+    (private / "summary.json").write_text(json.dumps(summary, indent=2))
+    out.write("\nRECAP\n" + progress.recap_table() + "\n")
+    verdict = "succeeded" if rc == 0 else f"FAILED (rc={rc}; failed hosts: {', '.join(progress.failed_hosts) or '-'})"
+    out.write(f"\n{playbook} {verdict} in {duration:.0f} s; summary: "
+              f"{os.path.relpath(private / 'summary.json')}\n")
+    out.flush()
+    return rc, summary
