@@ -111,7 +111,7 @@ def inventory_problems(tree, hostvars, spec=None):
     all_hosts = _members(tree, "all")
 
     def hv(host):
-        return hostvars[host] if host in hostvars else {}
+        return hostvars.get(host, {})
 
     gpu_nodes = _members(tree, "gpu_nodes")
     if not gpu_nodes:

@@ -177,7 +177,7 @@ class Lab:
         self._ensure_key()
         wanted = {h.container: h for h in self.topology.hosts}
         existing = {c["Names"]: c for c in self._containers()}
-        for name, c in existing.items():
+        for name in existing:
             if name not in wanted:
                 say(f"removing {name}: not in the requested topology")
                 self._docker("rm", "-f", name)

@@ -1,0 +1,67 @@
+# gpuforge: `make lab` provisions the local lab; `make test` runs every test tier (shared/DESIGN.md section 6).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Molecule scenarios, one per role; ROLE=name runs one.
+SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+ROLE ?= $(filter-out cluster,$(SCENARIOS))
+
+.PHONY: help venv infra lab lab-up lab-down lab-status lint unit molecule e2e test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
+	  echo "[gpuforge] installing python3-venv"; apt-get update -q && apt-get install -y -q python3-venv; fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed  ## create the virtualenv with the pinned toolchain
+
+infra: venv  ## Docker engine, lab networks, apt cache and Debian 12/13 images
+	gpuforge lab infra
+
+lab: venv  ## bring up the lab and run site.yml on it
+	gpuforge lab up
+	gpuforge provision -i inventories/lab
+
+lab-up: venv  ## bring up the lab without provisioning it
+	gpuforge lab up
+
+lab-down: venv  ## remove the lab's containers, networks and generated inventory
+	gpuforge lab down
+
+lab-status: venv  ## show the lab hosts
+	gpuforge lab status
+
+lint: venv  ## yamllint, ansible-lint (production profile), ruff, syntax check
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check .
+	ansible-playbook --syntax-check -i inventories/prod site.yml
+	@for pb in playbooks/*.yml; do ansible-playbook --syntax-check -i inventories/prod "$$pb" >/dev/null || exit 1; done
+	@echo "lint: clean"
+
+unit: venv  ## unit tests of plugins, filters, preflight and the CLI
+	pytest tests/unit
+
+molecule: infra  ## molecule test for each role (ROLE=name for one)
+	@for s in $(ROLE); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
+
+e2e: infra  ## the lab end to end: provision, idempotence, preflight
+	pytest tests/e2e
+
+test: lint unit molecule e2e  ## every tier: what CI runs
+	@echo "make test: all tiers passed"
+
+clean: lab-down  ## lab down and remove local state (keeps images and the apt cache)
+	rm -rf runs .cache

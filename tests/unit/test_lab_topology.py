@@ -1,0 +1,58 @@
+"""The lab's topology and generated inventory (no Docker needed)."""
+
+from pathlib import Path
+
+import gpuforge_preflight as pf
+import pytest
+import yaml
+from conftest import ROOT
+
+from gpuforge.lab import Lab, LabError, Topology
+
+
+def test_default_topology_is_four_gpu_hosts_in_two_groups_and_one_lb():
+    t = Topology()
+    assert [h.name for h in t.hosts] == ["gpu-01", "gpu-02", "gpu-03", "gpu-04", "lb-01"]
+    assert t.serving_groups == {"serving_a": ["gpu-01", "gpu-02"], "serving_b": ["gpu-03", "gpu-04"]}
+    assert t.distro == "12"
+
+
+def test_addresses_are_unique_and_fixed():
+    t = Topology(gpu_hosts=12, groups=3, lb_hosts=2)
+    mgmt = [h.mgmt_ip for h in t.hosts]
+    fabric = [h.fabric_ip for h in t.hosts]
+    assert len(set(mgmt)) == len(mgmt) == 14
+    assert len(set(fabric)) == len(fabric)
+    assert mgmt[0] == "172.28.250.11" and mgmt[-1] == "172.28.250.202"
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"gpu_hosts": 5, "groups": 2}, "must split evenly"),
+    ({"gpu_hosts": 0}, "--gpu-hosts must be between 1 and 80"),
+    ({"distro": "11"}, "--distro must be one of"),
+    ({"gpus_per_host": 0}, "--gpus-per-host must be at least 1"),
+    ({"lb_hosts": 12}, "--lb-hosts must be between 0 and 9"),
+])
+def test_bad_topology_flags_are_refused(kwargs, msg):
+    with pytest.raises(LabError, match=msg):
+        Topology(**kwargs)
+
+
+def test_generated_inventory_passes_preflight(tmp_path: Path):
+    lab = Lab(tmp_path, Topology(gpu_hosts=6, groups=3, gpus_per_host=4))
+    lab.write_inventory()
+    data = yaml.safe_load(lab.inventory.read_text())
+    children = data["all"]["children"]
+    assert children["gpu_nodes"]["vars"] == {"gpu_count": 4}
+    assert set(children["serving"]["children"]) == {"serving_a", "serving_b", "serving_c"}
+    assert data["all"]["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / ".lab" / "ssh" / "id_ed25519")
+    # Flatten the way Ansible would and run the same checks preflight runs.
+    hv = {h: dict(v, gpu_count=4) for h, v in children["gpu_nodes"]["hosts"].items()}
+    hv.update(children["lb"]["hosts"])
+    graph = "@all:\n  |--@gpu_nodes:\n" + "".join(f"  |  |--{h}\n" for h in children["gpu_nodes"]["hosts"])
+    graph += "  |--@serving:\n"
+    for g, body in children["serving"]["children"].items():
+        graph += f"  |  |--@{g}:\n" + "".join(f"  |  |  |--{h}\n" for h in body["hosts"])
+    graph += "  |--@lb:\n" + "".join(f"  |  |--{h}\n" for h in children["lb"]["hosts"])
+    spec = yaml.safe_load((ROOT / "playbooks/vars/inventory_spec.yml").read_text())["gpuforge_inventory_spec"]
+    assert pf.inventory_problems(pf.inventory_tree(graph), hv, spec) == []

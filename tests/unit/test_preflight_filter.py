@@ -1,0 +1,128 @@
+"""The preflight filter's pure functions, without Ansible's playbook machinery."""
+
+import copy
+
+import gpuforge_preflight as pf
+import pytest
+import yaml
+from conftest import FIXTURES, ROOT
+
+GRAPH = """\
+@all:
+  |--@ungrouped:
+  |--@gpu_nodes:
+  |  |--g1
+  |  |--g2
+  |--@kube_nodes:
+  |  |--@gpu_nodes:
+  |  |  |--g1
+  |  |  |--g2
+  |--@serving:
+  |  |--@serving_a:
+  |  |  |--g1
+  |  |  |--g2
+  |--@lb:
+  |  |--lb1
+"""
+
+SPEC = yaml.safe_load((ROOT / "playbooks" / "vars" / "inventory_spec.yml").read_text())["gpuforge_inventory_spec"]
+
+
+def base_vars():
+    return {
+        "g1": {"gpu_count": 8, "ansible_host": "10.0.0.1", "fabric_interface": "ib0", "fabric_ip": "10.1.0.1"},
+        "g2": {"gpu_count": 8, "ansible_host": "10.0.0.2", "fabric_interface": "ib0", "fabric_ip": "10.1.0.2"},
+        "lb1": {"ansible_host": "10.0.0.9"},
+    }
+
+
+def test_graph_parses_nested_children_and_hosts():
+    tree = pf.inventory_tree(GRAPH)
+    assert tree["all"]["children"] == ["ungrouped", "gpu_nodes", "kube_nodes", "serving", "lb"]
+    assert tree["kube_nodes"]["children"] == ["gpu_nodes"]
+    assert tree["serving"]["children"] == ["serving_a"]
+    assert tree["serving_a"]["hosts"] == ["g1", "g2"]
+    assert pf.serving_groups(tree) == {"serving_a": ["g1", "g2"]}
+
+
+def test_sound_inventory_has_no_problems():
+    assert pf.inventory_problems(pf.inventory_tree(GRAPH), base_vars(), SPEC) == []
+
+
+@pytest.mark.parametrize("tp,pp,ok", [(8, 2, True), (16, 1, True), (4, 4, True), (8, 1, False), (3, 2, False)])
+def test_parallelism_product_must_equal_group_gpus(tp, pp, ok):
+    hv = base_vars()
+    for h in ("g1", "g2"):
+        hv[h].update(vllm_tensor_parallel_size=tp, vllm_pipeline_parallel_size=pp)
+    problems = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert (problems == []) is ok, problems
+    if not ok:
+        assert f"= {tp * pp}, but the group has 16 GPUs (2 hosts x 8)" in problems[0]
+
+
+def test_tensor_parallel_alone_must_divide_the_group():
+    hv = base_vars()
+    for h in ("g1", "g2"):
+        hv[h]["vllm_tensor_parallel_size"] = 6
+    (problem,) = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert "does not divide the group's 16 GPUs" in problem
+
+
+def test_string_numbers_are_accepted_like_ansible_does():
+    hv = base_vars()
+    hv["g1"]["gpu_count"] = hv["g2"]["gpu_count"] = "8"
+    assert pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC) == []
+
+
+def test_missing_gpu_count_is_named():
+    hv = base_vars()
+    del hv["g2"]["gpu_count"]
+    problems = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert any(p.startswith("host g2: variable gpu_count is not set") for p in problems), problems
+
+
+def test_group_must_agree_on_driver_version():
+    hv = base_vars()
+    hv["g1"]["nvidia_driver_version"] = "535.261.03"
+    hv["g2"]["nvidia_driver_version"] = "535.309.01"
+    (problem,) = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert "hosts disagree on nvidia_driver_version" in problem
+
+
+def test_every_problem_names_a_fix():
+    hv = copy.deepcopy(base_vars())
+    hv["g1"].update(gpu_count="x", fabric_ip="nope")
+    hv["g2"]["ansible_host"] = "10.0.0.1"
+    problems = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert len(problems) >= 3
+    assert all("Fix:" in p for p in problems)
+
+
+def test_os_problems_unsupported_and_mixed_python():
+    tree = pf.inventory_tree(GRAPH)
+
+    def facts(dist, major, py_minor):
+        python = {"version": {"major": 3, "minor": py_minor}}
+        return {"ansible_facts": {"distribution": dist, "distribution_major_version": major,
+                                  "distribution_version": major, "python": python}}
+
+    hv = {"g1": facts("Debian", "12", 11), "g2": facts("Debian", "13", 13), "lb1": facts("CentOS", "7", 6)}
+    problems = pf.os_problems(tree, hv)
+    assert any("host lb1: runs CentOS 7" in p for p in problems)
+    assert any("serving group serving_a: hosts run different Python versions (g1=3.11, g2=3.13)" in p
+               for p in problems)
+    assert pf.os_problems(tree, {"g1": facts("Ubuntu", "24", 12), "g2": facts("Ubuntu", "24", 12),
+                                 "lb1": facts("Debian", "12", 11)}) == []
+
+
+def test_fixture_valid_inventory_is_sound_by_the_pure_checks():
+    data = yaml.safe_load((FIXTURES / "inventories" / "valid.yml").read_text())
+    children = data["all"]["children"]
+    hv = {h: dict(v or {}, gpu_count=8) for h, v in children["gpu_nodes"]["hosts"].items()}
+    hv["lb-01"] = children["lb"]["hosts"]["lb-01"]
+    graph = "@all:\n  |--@gpu_nodes:\n" + "".join(f"  |  |--{h}\n" for h in children["gpu_nodes"]["hosts"])
+    graph += "  |--@serving:\n"
+    for g, body in children["serving"]["children"].items():
+        graph += f"  |  |--@{g}:\n" + "".join(f"  |  |  |--{h}\n" for h in body["hosts"])
+    graph += "  |--@lb:\n  |  |--lb-01\n"
+    assert pf.inventory_problems(pf.inventory_tree(graph), hv, SPEC) == []

@@ -1,0 +1,87 @@
+"""playbooks/preflight.yml against malformed inventories: each fails with its own message, no host contacted.
+
+These run the real playbook through ansible-runner and read its events: a task that ran on any inventory
+host (not the controller's localhost) would show up as a host event.
+"""
+
+import tempfile
+from pathlib import Path
+
+import ansible_runner
+import pytest
+from conftest import FIXTURES, ROOT
+
+INVENTORIES = FIXTURES / "inventories"
+
+CASES = {
+    "no_gpu_nodes": "group gpu_nodes is missing or empty",
+    "gpu_count_not_int": "host gpu-02: variable gpu_count = 'eight' is invalid",
+    "gpu_count_zero": "host gpu-01: variable gpu_count = 0 must be at least 1",
+    "mixed_gpu_count": "serving group serving_b: hosts disagree on gpu_count (gpu-03=8, gpu-04=4)",
+    "parallelism_mismatch": "serving group serving_a: vllm_tensor_parallel_size (8) x vllm_pipeline_parallel_size "
+                            "(1) = 8, but the group has 16 GPUs",
+    "host_in_two_serving_groups": "host gpu-01: is in 2 serving groups (serving_a, serving_b)",
+    "duplicate_management_address": "hosts gpu-02, gpu-03: share the management address 127.0.10.2",
+    "duplicate_fabric_address": "hosts gpu-03, gpu-04: share the fabric address 10.10.0.3",
+    "missing_fabric_interface": "host gpu-01: fabric_ip is set (10.10.0.1) but fabric_interface is not",
+    "bad_fabric_ip": "host gpu-02: fabric_ip = '10.10.0.300' is not an IP address",
+    "serving_host_without_gpus": "host cpu-01: is in serving group serving_b but not in gpu_nodes",
+    "no_load_balancer": "group lb is missing or empty while serving groups exist",
+    "kubernetes_without_control_plane": "kubernetes_enabled is true but group kube_control_plane is missing",
+    "kubernetes_enabled_not_bool": "variable kubernetes_enabled = 'maybe' is invalid",
+    "host_directly_in_serving": "host gpu-04: listed directly under group serving",
+}
+
+
+def run_preflight(inventory: Path, **kwargs):
+    events = []
+    with tempfile.TemporaryDirectory() as private:
+        r = ansible_runner.run(
+            private_data_dir=private, project_dir=str(ROOT), playbook="playbooks/preflight.yml",
+            inventory=str(inventory), quiet=True, event_handler=lambda e: events.append(e) or True,
+            envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}, **kwargs,
+        )
+        return r, events
+
+
+def hosts_touched(events):
+    return {e["event_data"]["host"] for e in events
+            if e.get("event", "").startswith("runner_on_") and e.get("event_data", {}).get("host")}
+
+
+def failure_messages(events):
+    msgs = []
+    for e in events:
+        if e.get("event") == "runner_on_failed":
+            msg = e["event_data"]["res"].get("msg")
+            msgs.extend(msg if isinstance(msg, list) else [str(msg)])
+    return msgs
+
+
+def test_every_fixture_has_a_case():
+    fixtures = {p.stem for p in INVENTORIES.glob("*.yml")} - {"valid"}
+    assert fixtures == set(CASES)
+    assert len(CASES) >= 10
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_inventory_is_refused_before_any_host(case):
+    r, events = run_preflight(INVENTORIES / f"{case}.yml")
+    assert r.status == "failed" and r.rc != 0
+    msgs = failure_messages(events)
+    assert any(CASES[case] in m for m in msgs), msgs
+    # Each problem names the fix, too.
+    assert all("Fix:" in m for m in msgs[1:]), msgs
+    assert hosts_touched(events) == {"localhost"}
+
+
+def test_valid_inventory_passes_without_contacting_hosts():
+    # The OS play would SSH to the hosts; skipping it leaves exactly the controller-side checks.
+    r, events = run_preflight(INVENTORIES / "valid.yml", skip_tags="preflight_os")
+    assert r.status == "successful", failure_messages(events)
+    assert hosts_touched(events) == {"localhost"}
+
+
+def test_prod_example_inventory_passes():
+    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os")
+    assert r.status == "successful", failure_messages(events)

@@ -1,0 +1,66 @@
+"""Project-level invariants: pinned collections, layout, CLI entry point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import ROOT
+
+from gpuforge.cli import build_parser, main
+
+
+def installed_collections():
+    galaxy = str(Path(sys.executable).parent / "ansible-galaxy")
+    out = subprocess.run([galaxy, "collection", "list", "--format", "json"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    found = {}
+    for _path, colls in json.loads(out).items():
+        for name, info in colls.items():
+            found.setdefault(name, info["version"])
+    return found
+
+
+def test_collection_pins_match_what_is_installed():
+    pins = yaml.safe_load((ROOT / "collections/requirements.yml").read_text())["collections"]
+    found = installed_collections()
+    assert {p["name"] for p in pins} == {"kubernetes.core", "community.general", "ansible.posix", "community.docker"}
+    for p in pins:
+        installed = found.get(p["name"])
+        assert installed == p["version"], f"{p['name']}: pinned {p['version']}, installed {installed}"
+
+
+def test_site_only_imports_playbooks():
+    plays = yaml.safe_load((ROOT / "site.yml").read_text())
+    assert plays and all(set(p) == {"name", "ansible.builtin.import_playbook"} for p in plays)
+    for p in plays:
+        assert (ROOT / p["ansible.builtin.import_playbook"]).exists()
+
+
+def test_every_role_has_its_interface_documented():
+    for role in (ROOT / "roles").iterdir():
+        defaults = yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
+        specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text())["argument_specs"]
+        documented = set().union(*(set(s.get("options", {})) for s in specs.values()))
+        assert set(defaults) == documented, f"{role.name}: defaults and argument_specs differ"
+        readme = (role / "README.md").read_text()
+        for var in defaults:
+            assert f"`{var}`" in readme, f"{role.name}: README lacks {var}"
+        assert all(v.startswith(f"{role.name}_") for v in defaults)
+
+
+def test_provision_with_missing_inventory_fails_clearly(capsys):
+    assert main(["provision", "-i", "/nonexistent/inventory"]) == 2
+    assert "inventory /nonexistent/inventory does not exist" in capsys.readouterr().err
+
+
+def test_cli_parses_provision_flags():
+    args = build_parser().parse_args(["provision", "-i", "inventories/lab", "--limit", "gpu_nodes",
+                                      "--tags", "common", "--check"])
+    assert (args.inventory, args.limit, args.tags, args.check) == ("inventories/lab", "gpu_nodes", "common", True)
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "gpuforge.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("gpuforge ")
