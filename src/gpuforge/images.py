@@ -100,7 +100,7 @@ install -d -m 0700 "$root/root/.ssh"
 : > "$root/etc/machine-id"
 """
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 
 def image_digest(distro: Distro) -> str:
@@ -150,8 +150,8 @@ def ensure_image(distro: Distro, apt_proxy: str | None) -> str:
         with open(log_path, "wb") as log:
             build = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
             imp = subprocess.run(
-                ["docker", "import", "--change", 'CMD ["/sbin/init"]',
-                 "--change", "LABEL gpuforge.lab=1", "-", tag],
+                # No LABEL here: containers inherit image labels, and `lab down` removes by label.
+                ["docker", "import", "--change", 'CMD ["/sbin/init"]', "-", tag],
                 stdin=build.stdout, capture_output=True,
             )
             build.stdout.close()
@@ -162,4 +162,15 @@ def ensure_image(distro: Distro, apt_proxy: str | None) -> str:
                                f"rc={imp.returncode}: {imp.stderr.decode().strip()}):\n{tail}")
     subprocess.run(["docker", "tag", tag, distro.tag_alias], check=True)
     say(f"built {tag} in {time.monotonic() - started:.0f} s")
+    remove_stale_images(distro, keep=tag)
     return tag
+
+
+def remove_stale_images(distro: Distro, keep: str) -> None:
+    """Drop earlier builds of this distro's image (a container still using one keeps it alive)."""
+    out = subprocess.run(["docker", "images", "--filter", f"reference={IMAGE_REPO}:debian{distro.key}-*",
+                          "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True).stdout
+    for ref in out.split():
+        if ref != keep:
+            if subprocess.run(["docker", "rmi", ref], capture_output=True).returncode == 0:
+                say(f"removed the earlier image {ref}")
