@@ -171,6 +171,5 @@ def remove_stale_images(distro: Distro, keep: str) -> None:
     out = subprocess.run(["docker", "images", "--filter", f"reference={IMAGE_REPO}:debian{distro.key}-*",
                           "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True).stdout
     for ref in out.split():
-        if ref != keep:
-            if subprocess.run(["docker", "rmi", ref], capture_output=True).returncode == 0:
-                say(f"removed the earlier image {ref}")
+        if ref != keep and subprocess.run(["docker", "rmi", ref], capture_output=True).returncode == 0:
+            say(f"removed the earlier image {ref}")
