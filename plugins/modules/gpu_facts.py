@@ -1,0 +1,103 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+"""Gather NVIDIA GPU, NVSwitch and ConnectX facts from PCI sysfs and, when the driver is loaded, nvidia-smi."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: gpu_facts
+short_description: Gather NVIDIA GPU, NVSwitch and ConnectX facts
+description:
+  - Finds NVIDIA GPUs (vendor 0x10de, VGA or 3D controller class), NVSwitches and Mellanox ConnectX adapters in
+    PCI sysfs, which needs no driver.
+  - When the NVIDIA driver is loaded (C(/proc/driver/nvidia/version) exists) and C(nvidia-smi) is installed,
+    parses C(nvidia-smi -q -x) into the driver and CUDA versions and, per GPU, name, memory, PCI bus id, ECC
+    error counts, retired pages, remapped rows, persistence mode, MIG mode and PCIe link generation/width.
+  - Sets C(ansible_facts.gpuforge_gpu). Never changes the host.
+options:
+  sysfs_root:
+    description: Where sysfs is mounted (tests point it at a recorded tree).
+    type: path
+    default: /sys
+  nvidia_smi:
+    description: The nvidia-smi executable.
+    type: str
+    default: nvidia-smi
+  proc_driver_version:
+    description: The file whose presence means the NVIDIA kernel driver is loaded.
+    type: path
+    default: /proc/driver/nvidia/version
+author: gpuforge
+"""
+
+EXAMPLES = r"""
+- name: Gather GPU facts
+  gpu_facts:
+
+- name: Check the GPU count
+  ansible.builtin.assert:
+    that: ansible_facts.gpuforge_gpu.pci.gpu_count == gpu_count
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts under C(gpuforge_gpu).
+  returned: always
+  type: dict
+  contains:
+    gpuforge_gpu:
+      description: GPU facts.
+      type: dict
+      contains:
+        pci:
+          description: C(gpus), C(nvswitches), C(hcas) (lists of {address, vendor, device, class, driver}) and
+            C(gpu_count), C(nvswitch_count), C(hca_count).
+          type: dict
+        driver_loaded:
+          description: Whether the NVIDIA kernel driver is loaded.
+          type: bool
+        nvidia_smi:
+          description: Parsed C(nvidia-smi -q -x) (driver_version, cuda_version, attached_gpus, gpus), or null.
+          type: dict
+        skipped:
+          description: Why nvidia-smi was not read, when it was not.
+          type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.gpuforge_hw import classify_pci, parse_nvidia_smi_xml, pci_devices
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "sysfs_root": {"type": "path", "default": "/sys"},
+            "nvidia_smi": {"type": "str", "default": "nvidia-smi"},
+            "proc_driver_version": {"type": "path", "default": "/proc/driver/nvidia/version"},
+        },
+        supports_check_mode=True,
+    )
+    pci = classify_pci(pci_devices(module.params["sysfs_root"]))
+    pci.update(gpu_count=len(pci["gpus"]), nvswitch_count=len(pci["nvswitches"]), hca_count=len(pci["hcas"]))
+    facts = {"pci": pci, "driver_loaded": os.path.exists(module.params["proc_driver_version"]),
+             "nvidia_smi": None, "skipped": None}
+    smi = module.get_bin_path(module.params["nvidia_smi"])
+    if not facts["driver_loaded"]:
+        facts["skipped"] = "the NVIDIA kernel driver is not loaded (no %s)" % module.params["proc_driver_version"]
+    elif smi is None:
+        facts["skipped"] = "nvidia-smi is not installed"
+    else:
+        rc, out, err = module.run_command([smi, "-q", "-x"])
+        if rc != 0:
+            module.fail_json(msg="nvidia-smi -q -x failed (rc=%d): %s" % (rc, err.strip() or out.strip()))
+        try:
+            facts["nvidia_smi"] = parse_nvidia_smi_xml(out)
+        except Exception as exc:  # a parse error must name the tool, not crash with a traceback
+            module.fail_json(msg="could not parse nvidia-smi -q -x output: %s" % exc)
+    module.exit_json(changed=False, ansible_facts={"gpuforge_gpu": facts})
+
+
+if __name__ == "__main__":
+    main()
