@@ -97,6 +97,12 @@ chroot "$root" systemctl enable gpuforge-ssh-hostkeys.service gpuforge-boot-mark
 chroot "$root" systemctl mask systemd-udevd.service systemd-udevd-control.socket \
   systemd-udevd-kernel.socket getty@tty1.service console-getty.service >/dev/null 2>&1 || true
 install -d -m 0700 "$root/root/.ssh"
+# Clean apt's cache and lists here (mmdebstrap's own apt cleanup is skipped: it takes the lists lock and
+# leaves the directory fresh), then date the lists directory back, so apt's "cache_valid_time" sees stale
+# lists on first use, as on a server that has not run apt for a while.
+rm -f "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin
+find "$root/var/lib/apt/lists" -mindepth 1 -maxdepth 1 -type f -delete
+touch -d '2000-01-01 00:00:00' "$root/var/lib/apt/lists"
 : > "$root/etc/machine-id"
 """
 
@@ -138,7 +144,7 @@ def ensure_image(distro: Distro, apt_proxy: str | None) -> str:
         hook = Path(tmp) / "customize.sh"
         hook.write_text(CUSTOMIZE_HOOK)
         cmd = [
-            "mmdebstrap", "--mode=root", "--variant=minbase", "--format=tar",
+            "mmdebstrap", "--mode=root", "--variant=minbase", "--format=tar", "--skip=cleanup/apt",
             "--components=main non-free-firmware",
             f"--include={','.join(PACKAGES)}",
             f'--customize-hook=sh {hook} "$1" {distro.suite} {CA_BUNDLE}',

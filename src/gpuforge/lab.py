@@ -24,6 +24,8 @@ MGMT_NET = "gpuforge-lab"
 FABRIC_NET = "gpuforge-fabric"
 MGMT_SUBNET = ipaddress.ip_network("172.28.250.0/24")
 FABRIC_SUBNET = ipaddress.ip_network("172.28.251.0/24")
+# The NVIDIA driver the lab installs, by Debian release: the versions in Debian's non-free archive.
+LAB_DRIVER_VERSIONS = {"12": "535.261.03-1", "13": "550.163.01-2"}
 
 # Flags that run systemd as PID 1 without --privileged (shared/DESIGN.md section 5). Resource limits stay
 # Docker's: raising memlock above the engine's own hard limit needs CAP_SYS_RESOURCE, which some machines
@@ -292,8 +294,12 @@ class Lab:
                     "gpuforge_lab_apt_proxy": self.apt_proxy,
                 },
                 "children": {
-                    # Lab hosts have no GPUs; they declare logical ones (Ray's GPU count).
-                    "gpu_nodes": {"hosts": gpu, "vars": {"gpu_count": t.gpus_per_host}},
+                    # Lab hosts have no GPUs; they declare logical ones (Ray's GPU count). The driver is
+                    # Debian's, pinned to the version of the hosts' release.
+                    "gpu_nodes": {"hosts": gpu, "vars": {
+                        "gpu_count": t.gpus_per_host,
+                        "nvidia_driver_version": LAB_DRIVER_VERSIONS[t.distro],
+                    }},
                     "serving": {"children": {
                         g: {"hosts": {n: None for n in names}} for g, names in t.serving_groups.items()
                     }},

@@ -71,3 +71,31 @@ def test_bad_lab_inventory_is_refused_before_any_host(lab, tmp_path):
     assert set(summary["hosts"]) == {"localhost"}
     assert any("serving group serving_b: hosts disagree on gpu_count (gpu-03=3, gpu-04=2)" in f["msg"]
                for f in summary["failures"]), summary["failures"]
+
+
+def test_driver_pinned_and_nouveau_blacklisted_inside_the_initramfs(lab, first_run):
+    """Issue acceptance: every lab GPU host has driver 535.261.03 and the blacklist inside its initramfs."""
+    from gpuforge.lab import LAB_DRIVER_VERSIONS
+
+    want = LAB_DRIVER_VERSIONS[lab.topology.distro]
+    for h in (h for h in lab.topology.hosts if h.kind == "gpu"):
+        out = ssh(lab, h.name, "dpkg-query -W -f '${Version}\\n' nvidia-kernel-dkms nvidia-smi libcuda1; "
+                               "for i in /boot/initrd.img-*; do "
+                               "lsinitramfs $i | grep -x etc/modprobe.d/blacklist-nouveau.conf; done")
+        assert out.returncode == 0, (h.name, out.stderr)
+        lines = out.stdout.split()
+        assert lines[:3] == [want] * 3, (h.name, lines)
+        assert "etc/modprobe.d/blacklist-nouveau.conf" in lines[3:], (h.name, lines)
+
+
+def test_host_stack_on_every_gpu_host(lab, first_run):
+    """NCCL talks over the fabric interface; the RDMA tools and the CUDA runtime are installed."""
+    for h in (h for h in lab.topology.hosts if h.kind == "gpu"):
+        out = ssh(lab, h.name, "cat /etc/nccl.conf; ibstat -V >/dev/null && echo ibstat-ok; "
+                               "dpkg-query -W -f '${Status}\\n' perftest rdma-core; "
+                               "ls /usr/lib/x86_64-linux-gnu/libcudart.so.*")
+        assert out.returncode == 0, (h.name, out.stderr)
+        assert "NCCL_SOCKET_IFNAME=eth1" in out.stdout.splitlines()
+        assert "ibstat-ok" in out.stdout
+        assert out.stdout.count("install ok installed") == 2
+        assert "libcudart.so." in out.stdout

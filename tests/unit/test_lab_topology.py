@@ -43,7 +43,7 @@ def test_generated_inventory_passes_preflight(tmp_path: Path):
     lab.write_inventory()
     data = yaml.safe_load(lab.inventory.read_text())
     children = data["all"]["children"]
-    assert children["gpu_nodes"]["vars"] == {"gpu_count": 4}
+    assert children["gpu_nodes"]["vars"] == {"gpu_count": 4, "nvidia_driver_version": "535.261.03-1"}
     assert set(children["serving"]["children"]) == {"serving_a", "serving_b", "serving_c"}
     assert data["all"]["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / ".lab" / "ssh" / "id_ed25519")
     # Flatten the way Ansible would and run the same checks preflight runs.
