@@ -71,8 +71,12 @@ def test_contrib_non_free_sources_signed(host):
     assert sources.contains("^Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg$")
 
 
-def test_persistenced_enabled(host):
-    assert host.service("nvidia-persistenced").is_enabled
+def test_persistenced_off_without_a_gpu_and_systemd_healthy(host):
+    """No GPU here: nvidia-persistenced stays off instead of failing, so systemd is not degraded."""
+    assert host.package("nvidia-persistenced").is_installed
+    assert not host.service("nvidia-persistenced").is_enabled
+    assert host.run("systemctl is-failed nvidia-persistenced").stdout.strip() != "failed"
+    assert host.run("systemctl is-system-running").stdout.strip() == "running"
 
 
 def test_dkms_knows_the_module(host):
