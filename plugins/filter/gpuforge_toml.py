@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 
 DOCUMENTATION = r"""
-name: nvidia_container_toolkit_from_toml
+name: gpuforge_toml
 short_description: Parse a TOML document (containerd's config.toml) into a dictionary
 description:
-  - C(nvidia_container_toolkit_from_toml) parses TOML text with Python's tomllib.
-  - C(nvidia_container_toolkit_to_toml) writes a dictionary as TOML, one table header per table, nested
+  - C(gpuforge_from_toml) parses TOML text with Python's tomllib.
+  - C(gpuforge_to_toml) writes a dictionary as TOML, one table header per table, nested
     tables indented like C(containerd config dump). Keys that are not bare keys (C(io.containerd.grpc.v1.cri))
     are quoted. Lists of tables are written as arrays of inline tables.
 """
@@ -84,6 +84,6 @@ def to_toml(data):
 class FilterModule:
     def filters(self):
         return {
-            "nvidia_container_toolkit_from_toml": from_toml,
-            "nvidia_container_toolkit_to_toml": to_toml,
+            "gpuforge_from_toml": from_toml,
+            "gpuforge_to_toml": to_toml,
         }
