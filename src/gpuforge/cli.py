@@ -22,6 +22,41 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    root = _root(args)
+    spec = importlib.util.spec_from_file_location("gpuforge_planner", root / "plugins/filter/gpuforge_planner.py")
+    planner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planner)
+    config_path = Path(args.model_dir) / "config.json" if args.model_dir else Path(args.config)
+    try:
+        config = planner.load_config(config_path)
+    except (OSError, ValueError) as exc:
+        print(f"gpuforge: error: cannot read the model's config.json ({config_path}): {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = planner.plan(
+            config, dtype=args.dtype or config.get("torch_dtype") or "bfloat16",
+            gpu_memory_gib=args.gpu_memory_gib, gpus_per_host=args.gpus_per_host, hosts=args.hosts,
+            context_len=args.context_len or int(config.get("max_position_embeddings") or 4096),
+            concurrency=args.concurrency, tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp,
+            gpu_memory_utilization=args.utilization, reserve_gib=args.reserve_gib,
+            kv_cache_dtype=args.kv_cache_dtype)
+    except planner.PlanError as exc:
+        print(f"gpuforge plan: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"parameters            {result['parameters'] / 1e9:.2f} B")
+        print(f"tensor x pipeline     {result['tensor_parallel_size']} x {result['pipeline_parallel_size']}")
+        print(f"weights per GPU       {result['weights_gib']:.2f} GiB")
+        print(f"KV cache per GPU      {result['kv_cache_gib']:.2f} GiB")
+        print(f"total per GPU         {result['total_gib']:.2f} GiB of {result['usable_gib_per_gpu']:.2f} usable")
+    return 0
+
+
 def _topology(args: argparse.Namespace):
     from .lab import Topology
 
@@ -65,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--check", action="store_true", help="dry run: --check --diff, changes nothing")
     prov.add_argument("--playbook", default="site.yml", help="playbook relative to the project (default site.yml)")
     prov.set_defaults(func=cmd_provision)
+
+    plan = sub.add_parser("plan", help="weights + KV cache per GPU for a serving group; choose or check TP/PP")
+    src = plan.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-dir", help="a model directory with config.json")
+    src.add_argument("--config", help="a config.json file")
+    plan.add_argument("--dtype", help="weights: bfloat16, float16, fp8, int8, int4, awq, gptq (default: config's)")
+    plan.add_argument("--kv-cache-dtype", default="auto", help="auto (16-bit), fp8")
+    plan.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU, GiB")
+    plan.add_argument("--gpus-per-host", type=int, required=True)
+    plan.add_argument("--hosts", type=int, default=1, help="hosts in the serving group (default 1)")
+    plan.add_argument("--context-len", type=int, help="tokens per sequence (default: max_position_embeddings)")
+    plan.add_argument("--concurrency", type=int, default=16, help="sequences served at once (default 16)")
+    plan.add_argument("--tp", type=int, help="tensor parallel size to check (default: choose)")
+    plan.add_argument("--pp", type=int, help="pipeline parallel size to check (default: choose)")
+    plan.add_argument("--utilization", type=float, default=0.9, help="vLLM gpu_memory_utilization (default 0.9)")
+    plan.add_argument("--reserve-gib", type=float, default=2.0, help="activations/CUDA graphs per GPU (default 2)")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
 
     lab = sub.add_parser("lab", help="the local lab cluster of systemd containers")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
