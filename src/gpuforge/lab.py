@@ -166,6 +166,7 @@ class Lab:
         return tags
 
     def _ensure_key(self) -> None:
+        host.apt_install("openssh-client")  # ssh-keygen here, ssh for Ansible and the readiness check
         if self.key.exists():
             return
         self.key.parent.mkdir(parents=True, exist_ok=True)
