@@ -32,7 +32,7 @@ def test_nvidia_runtime_merged_next_to_runc():
     data = t.from_toml(CONTAINERD_1_7)
     runtimes = data["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
     runtimes["nvidia"] = {"runtime_type": "io.containerd.runc.v2",
-                          "options": {"BinaryName": "/usr/bin/nvidia-container-runtime", "SystemdCgroup": True}}
+                          "options": {"BinaryName": RUNTIME, "SystemdCgroup": True}}
     text = t.to_toml(data)
     assert '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]' in text
     back = tomllib.loads(text)["plugins"]["io.containerd.grpc.v1.cri"]
@@ -53,3 +53,26 @@ def test_bad_input_is_a_clear_error():
         t.to_toml(["x"])
     with pytest.raises(AnsibleFilterError, match="cannot write"):
         t.to_toml({"x": object()})
+
+
+RUNTIME = "/usr/bin/nvidia-container-runtime"
+
+
+def test_toml_filters_round_trip():
+    """The role writes containerd's TOML itself: what it writes must read back as the same data."""
+    data = {
+        "version": 2,
+        "imports": ["/etc/containerd/conf.d/*.toml"],
+        "plugins": {
+            "io.containerd.grpc.v1.cri": {
+                "enable_cdi": True,
+                "sandbox_image": 'registry.k8s.io/pause:3.9 "quoted" \\ back\tslash',
+                "cni": {"bin_dir": "/usr/lib/cni", "max_conf_num": 1},
+                "containerd": {"runtimes": {"nvidia": {"options": {"BinaryName": RUNTIME, "SystemdCgroup": True}}}},
+                "registry": {"mirrors": {"docker.io": {"endpoint": ["https://mirror.example:5000"]}}, "auths": {}},
+                "x": [{"a": 1}, {"b": 2.5}],
+            }
+        },
+    }
+    assert tomllib.loads(t.to_toml(data)) == data
+    assert t.from_toml(t.to_toml(data)) == data
