@@ -55,10 +55,11 @@ unit: venv  ## unit tests of plugins, filters, preflight and the CLI
 	pytest tests/unit
 
 molecule: infra  ## molecule test for each role (ROLE=name for one)
-	@for s in $(ROLE); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
+	@for s in $(ROLE); do echo "== molecule test -s $$s"; start=$$(date +%s); \
+	  molecule test -s $$s || exit 1; echo "== molecule $$s passed in $$(( $$(date +%s) - start )) s"; done
 
 e2e: infra  ## the lab end to end: provision, idempotence, preflight
-	pytest tests/e2e
+	pytest tests/e2e --durations=5
 
 test: lint unit molecule e2e  ## every tier: what CI runs
 	@echo "make test: all tiers passed"
