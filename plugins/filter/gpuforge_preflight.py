@@ -8,7 +8,10 @@ playbooks/preflight.yml calls them on the controller before any host is contacte
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import json
+import os
 from collections.abc import Mapping
 
 DOCUMENTATION = r"""
@@ -24,7 +27,8 @@ description:
 SERVING_PARENT = "serving"
 # Variables that every host of a serving group must agree on (one vLLM replica, one Ray cluster).
 GROUP_CONSISTENT = ("gpu_count", "nvidia_driver_branch", "nvidia_driver_version", "ray_version",
-                    "vllm_version", "vllm_model", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size")
+                    "vllm_version", "vllm_model", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size",
+                    "gpu_memory_gib", "vllm_model_config")
 SUPPORTED_OS = {"Debian": ("12", "13"), "Ubuntu": ("22", "24")}
 
 
@@ -93,6 +97,47 @@ def _type_problems(host, hvars, spec):
                 f"({result.error_messages[0]}). Fix: {fix}".rstrip()
             )
     return problems
+
+
+def _planner():
+    """The planner beside this file (filter plugins are loaded by path, not as a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "gpuforge_planner", os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpuforge_planner.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_fit_problem(group, hosts, first):
+    """A serving group that declares its model's config.json must fit its GPUs (the planner decides)."""
+    config_path = first.get("vllm_model_config")
+    if not config_path:
+        return None
+    try:
+        with open(str(config_path)) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        return (f"serving group {group}: vllm_model_config {config_path} cannot be read ({exc}). Fix: point it at "
+                "the model's config.json on the controller.")
+    if not first.get("gpu_memory_gib"):
+        return (f"serving group {group}: vllm_model_config is set but gpu_memory_gib is not. Fix: set gpu_memory_gib "
+                "to one GPU's memory in GiB (e.g. 80 for H100 80GB) for the group's hosts.")
+    planner = _planner()
+    try:
+        planner.plan(
+            config,
+            dtype=first.get("vllm_dtype") or config.get("torch_dtype") or "bfloat16",
+            gpu_memory_gib=float(first["gpu_memory_gib"]),
+            gpus_per_host=int(first["gpu_count"]), hosts=len(hosts),
+            context_len=int(first.get("vllm_max_model_len") or config.get("max_position_embeddings") or 4096),
+            concurrency=int(first.get("vllm_max_num_seqs") or 16),
+            tensor_parallel_size=_as_int(first.get("vllm_tensor_parallel_size")),
+            pipeline_parallel_size=_as_int(first.get("vllm_pipeline_parallel_size")),
+            gpu_memory_utilization=float(first.get("vllm_gpu_memory_utilization") or 0.9),
+        )
+    except planner.PlanError as exc:
+        return f"serving group {group}: {exc} Fix: see `gpuforge plan` for the numbers of other layouts."
+    return None
 
 
 def _as_int(value):
@@ -165,6 +210,9 @@ def inventory_problems(tree, hostvars, spec=None):
         if per_host is None or per_host < 1:
             continue
         total = per_host * len(hosts)
+        fit = model_fit_problem(group, hosts, first)
+        if fit:
+            problems.append(fit)
         tp = _as_int(first.get("vllm_tensor_parallel_size"))
         pp = _as_int(first.get("vllm_pipeline_parallel_size"))
         if tp is not None and pp is not None and tp * pp != total:

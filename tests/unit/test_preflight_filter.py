@@ -126,3 +126,25 @@ def test_fixture_valid_inventory_is_sound_by_the_pure_checks():
         graph += f"  |  |--@{g}:\n" + "".join(f"  |  |  |--{h}\n" for h in body["hosts"])
     graph += "  |--@lb:\n  |  |--lb-01\n"
     assert pf.inventory_problems(pf.inventory_tree(graph), hv, SPEC) == []
+
+
+def test_model_that_cannot_fit_its_group_is_refused_with_numbers():
+    hv = base_vars()
+    for h in ("g1", "g2"):
+        hv[h].update(vllm_model_config=str(FIXTURES / "models" / "llama-3.1-405b.json"), gpu_memory_gib=80,
+                     vllm_max_model_len=131072, vllm_max_num_seqs=64)
+    (problem,) = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert problem.startswith("serving group serving_a: the model does not fit")
+    assert "70.0 GiB usable" in problem and "Fix:" in problem
+    # The same model on the same 16 GPUs fits with 8k tokens x 8 sequences.
+    for h in ("g1", "g2"):
+        hv[h].update(vllm_max_model_len=8192, vllm_max_num_seqs=8)
+    assert pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC) == []
+
+
+def test_model_config_without_gpu_memory_is_named():
+    hv = base_vars()
+    for h in ("g1", "g2"):
+        hv[h]["vllm_model_config"] = str(FIXTURES / "models" / "llama-3-70b.json")
+    (problem,) = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
+    assert "gpu_memory_gib is not" in problem

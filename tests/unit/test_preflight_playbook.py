@@ -30,6 +30,8 @@ CASES = {
     "kubernetes_without_control_plane": "kubernetes_enabled is true but group kube_control_plane is missing",
     "kubernetes_enabled_not_bool": "variable kubernetes_enabled = 'maybe' is invalid",
     "host_directly_in_serving": "host gpu-04: listed directly under group serving",
+    "model_does_not_fit": "serving group serving_b: the model does not fit: with tensor parallel 8 x pipeline "
+                          "parallel 2 each GPU needs",
 }
 
 
