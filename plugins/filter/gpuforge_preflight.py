@@ -308,4 +308,5 @@ class FilterModule:
             "gpuforge_inventory_tree": inventory_tree,
             "gpuforge_inventory_problems": inventory_problems,
             "gpuforge_os_problems": os_problems,
+            "gpuforge_serving_groups": serving_groups,
         }

@@ -22,6 +22,14 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from . import tinymodel
+
+    for name, digest in tinymodel.write(args.out).items():
+        print(f"{digest}  {args.out / name}")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -119,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
 
+    model = sub.add_parser("model", help="models gpuforge makes itself")
+    model_sub = model.add_subparsers(dest="model_cmd", required=True)
+    tiny = model_sub.add_parser("tiny", help="write the lab's tiny Llama model (random weights, own tokenizer)")
+    tiny.add_argument("--out", type=Path, required=True, help="directory to write the model into")
+    model.set_defaults(func=cmd_model)
+
     lab = sub.add_parser("lab", help="the local lab cluster of systemd containers")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
     up = lab_sub.add_parser("up", help="build images if needed, start the lab hosts, write inventories/lab")
@@ -130,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--all-images", action="store_true", help="also build the other Debian release's image")
     infra = lab_sub.add_parser("infra", help="Docker engine, networks, apt cache and images, without hosts")
     infra.add_argument("distros", nargs="*", metavar="{12,13}", help="images to build (default: all)")
-    down = lab_sub.add_parser("down", help="remove the lab's containers, networks, inventory and key")
+    down = lab_sub.add_parser("down", help="remove the lab's containers, networks, inventory, key and vault")
     down.add_argument("--purge", action="store_true", help="also remove lab images and stop the apt cache")
     status = lab_sub.add_parser("status", help="show the lab hosts")
     status.add_argument("--json", action="store_true")

@@ -133,10 +133,22 @@ class Progress:
         return sorted(h for h, s in self.stats.items() if s.get("failed") or s.get("unreachable"))
 
 
+def lab_vault_password(root: Path, inventory: Path) -> Path | None:
+    """The lab's vault password file, when `inventory` is the lab's and `gpuforge lab up` wrote one."""
+    password = root / ".lab" / "vault-password"
+    if inventory.resolve() == (root / "inventories" / "lab").resolve() and password.exists():
+        return password
+    return None
+
+
 def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None = None,
                  tags: str | None = None, check: bool = False, extra_vars: dict | None = None,
-                 runs_dir: Path | None = None, out: TextIO = sys.stdout) -> tuple[int, dict]:
-    """Run one playbook; return (exit status, summary). The summary is also written as JSON."""
+                 runs_dir: Path | None = None, out: TextIO = sys.stdout,
+                 vault_password_file: Path | None = None) -> tuple[int, dict]:
+    """Run one playbook; return (exit status, summary). The summary is also written as JSON.
+
+    Vault: `vault_password_file`, else $ANSIBLE_VAULT_PASSWORD_FILE, else the lab's own password when the
+    inventory is inventories/lab."""
     import ansible_runner  # imported here so `gpuforge lab` works before the runner is installed
 
     runs_dir = runs_dir or root / "runs"
@@ -157,6 +169,10 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
     bindir = os.path.dirname(sys.executable)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    env = {"ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}
+    vault = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE") or lab_vault_password(root, inv_path)
+    if vault:
+        env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault)
     t0 = time.monotonic()
     r = ansible_runner.run(
         private_data_dir=str(private),
@@ -167,7 +183,7 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
         tags=tags,
         cmdline=" ".join(cmdline) or None,
         extravars=extra_vars or None,
-        envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"},
+        envvars=env,
         event_handler=progress.handle,
         quiet=True,
         suppress_env_files=True,
