@@ -136,7 +136,9 @@ class Progress:
 def lab_vault_password(root: Path, inventory: Path) -> Path | None:
     """The lab's vault password file, when `inventory` is the lab's and `gpuforge lab up` wrote one."""
     password = root / ".lab" / "vault-password"
-    if inventory.resolve() == (root / "inventories" / "lab").resolve() and password.exists():
+    lab = (root / "inventories" / "lab").resolve()
+    inv = inventory.resolve()
+    if (inv == lab or inv.parent == lab) and password.exists():  # the directory or a file in it (hosts.yml)
         return password
     return None
 

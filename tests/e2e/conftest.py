@@ -21,6 +21,16 @@ def lab() -> Lab:
     return lab
 
 
+@pytest.fixture(scope="session")
+def first_run(lab, tmp_path_factory):
+    """site.yml on the fresh lab, once: every test module that needs a provisioned lab shares it."""
+    from gpuforge.runner import run_playbook
+
+    rc, summary = run_playbook(ROOT, "site.yml", "inventories/lab", runs_dir=tmp_path_factory.mktemp("runs"))
+    print(f"first site.yml run: {summary['duration_s']} s, {summary['tasks']} tasks")
+    return rc, summary
+
+
 def ssh(lab: Lab, name: str, command: str) -> subprocess.CompletedProcess:
     host = next(h for h in lab.topology.hosts if h.name == name)
     return subprocess.run(lab.ssh_command(host, command), capture_output=True, text=True, timeout=120)

@@ -3,18 +3,10 @@
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import ROOT, ssh
 
 from gpuforge.runner import run_playbook
-
-
-@pytest.fixture(scope="module")
-def first_run(lab, tmp_path_factory):
-    rc, summary = run_playbook(ROOT, "site.yml", "inventories/lab", runs_dir=tmp_path_factory.mktemp("runs"))
-    print(f"first site.yml run: {summary['duration_s']} s, {summary['tasks']} tasks")
-    return rc, summary
 
 
 def lab_hosts(lab):
@@ -66,7 +58,8 @@ def test_bad_lab_inventory_is_refused_before_any_host(lab, tmp_path):
     (tmp_path / "inv").mkdir()
     (tmp_path / "inv" / "hosts.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "inv" / "group_vars").symlink_to(ROOT / "inventories/lab/group_vars")
-    rc, summary = run_playbook(ROOT, "site.yml", str(tmp_path / "inv"), runs_dir=tmp_path / "runs")
+    rc, summary = run_playbook(ROOT, "site.yml", str(tmp_path / "inv"), runs_dir=tmp_path / "runs",
+                               vault_password_file=lab.vault_password)
     assert rc != 0
     assert set(summary["hosts"]) == {"localhost"}
     assert any("serving group serving_b: hosts disagree on gpu_count (gpu-03=3, gpu-04=2)" in f["msg"]

@@ -22,6 +22,7 @@ def test_down_removes_the_lab_and_nothing_else(lab):
         assert docker("network", "ls", "-q", "--filter", "label=gpuforge.lab=1").stdout.strip() == ""
         assert not (ROOT / "inventories/lab/hosts.yml").exists()
         assert not lab.key.exists()
+        assert not lab.vault_file.exists() and not lab.vault_password.exists()
         assert docker("container", "inspect", bystander, check=False).returncode == 0
         assert docker("network", "inspect", bystander, check=False).returncode == 0
         assert docker("image", "inspect", "gpuforge-lab:debian12", check=False).returncode == 0

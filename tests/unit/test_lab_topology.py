@@ -56,3 +56,27 @@ def test_generated_inventory_passes_preflight(tmp_path: Path):
     graph += "  |--@lb:\n" + "".join(f"  |  |--{h}\n" for h in children["lb"]["hosts"])
     spec = yaml.safe_load((ROOT / "playbooks/vars/inventory_spec.yml").read_text())["gpuforge_inventory_spec"]
     assert pf.inventory_problems(pf.inventory_tree(graph), hv, spec) == []
+
+
+def test_inventory_points_the_lab_at_its_generated_model(tmp_path: Path):
+    data = Lab(tmp_path, Topology()).inventory_data()
+    model_dir = data["all"]["vars"]["gpuforge_lab_model_dir"]
+    assert model_dir == str(tmp_path / ".lab" / "models" / "gpuforge-tiny-llama")
+    # inventories/lab/group_vars/serving.yml serves whatever this variable names.
+    serving_vars = yaml.safe_load((ROOT / "inventories/lab/group_vars/serving.yml").read_text())
+    assert serving_vars["vllm_model_source"] == "{{ gpuforge_lab_model_dir }}"
+
+
+def test_each_serving_group_lists_its_head_first(tmp_path: Path):
+    # 12 hosts in 3 groups of 4: the heads (a group's first host runs Ray's head and vLLM) are gpu-01,
+    # gpu-05 and gpu-09, and gpu-10.. stay after gpu-09 in the written YAML, which Ansible reads in order.
+    lab = Lab(tmp_path, Topology(gpu_hosts=12, groups=3))
+    lab.write_inventory()
+    groups = yaml.safe_load(lab.inventory.read_text())["all"]["children"]["serving"]["children"]
+    assert list(groups) == ["serving_a", "serving_b", "serving_c"]
+    assert {g: list(body["hosts"]) for g, body in groups.items()} == {
+        "serving_a": ["gpu-01", "gpu-02", "gpu-03", "gpu-04"],
+        "serving_b": ["gpu-05", "gpu-06", "gpu-07", "gpu-08"],
+        "serving_c": ["gpu-09", "gpu-10", "gpu-11", "gpu-12"],
+    }
+    assert [next(iter(body["hosts"])) for body in groups.values()] == ["gpu-01", "gpu-05", "gpu-09"]

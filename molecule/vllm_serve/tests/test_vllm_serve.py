@@ -1,0 +1,67 @@
+"""vLLM after the vllm_serve role (pytest-testinfra): the unit, the key kept out of sight, the staged
+model, /dev/shm, and real completions with and without the key."""
+
+import json
+
+KEY = "molecule-vllm-key-0123456789abcdef"
+MODEL = "gpuforge-tiny"
+
+
+def completion(host, key, max_tokens=4):
+    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": max_tokens, "ignore_eos": True})
+    return host.run(f"curl -s -m 60 -w '\\n%{{http_code}}' http://127.0.0.1:8000/v1/completions "
+                    f"-H 'Content-Type: application/json' {auth} -d '{body}'")
+
+
+def test_vllm_unit_runs_as_ray(host):
+    unit = host.service("vllm")
+    assert unit.is_running and unit.is_enabled
+    user = host.run("systemctl show -p User --value vllm").stdout.strip()
+    assert user == "ray"
+
+
+def test_completion_with_the_key(host):
+    out = completion(host, KEY)
+    body, status = out.stdout.rsplit("\n", 1)
+    assert status == "200", out.stdout
+    answer = json.loads(body)
+    assert answer["usage"]["completion_tokens"] == 4
+    assert answer["choices"][0]["text"]
+
+
+def test_no_key_or_a_wrong_key_is_refused(host):
+    assert completion(host, None).stdout.rsplit("\n", 1)[1] == "401"
+    assert completion(host, KEY[::-1]).stdout.rsplit("\n", 1)[1] == "401"
+
+
+def test_the_key_is_only_in_a_root_only_file(host):
+    keyfile = host.file("/etc/gpuforge/vllm/api-key.env")
+    assert (keyfile.user, keyfile.group, keyfile.mode) == ("root", "root", 0o600)
+    assert keyfile.content_string.strip() == f"VLLM_API_KEY={KEY}"
+    assert KEY not in host.file("/etc/systemd/system/vllm.service").content_string
+    assert KEY not in host.run("ps -eo args").stdout
+
+
+def test_model_staged_with_the_same_bytes_as_the_controller(host):
+    import hashlib
+    import os
+
+    source = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "gpuforge-tiny-llama")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        with open(os.path.join(source, name), "rb") as fh:
+            want = hashlib.sha256(fh.read()).hexdigest()
+        assert host.file(f"/srv/models/gpuforge-tiny-llama/{name}").sha256sum == want, name
+
+
+def test_shared_memory_sized(host):
+    size_kib = int(host.run("df -k --output=size /dev/shm | tail -1").stdout.strip())
+    assert size_kib == 512 * 1024
+    assert "size=512M" in host.file("/etc/fstab").content_string
+
+
+def test_unit_serves_the_tiny_model_single_node(host):
+    unit = host.file("/etc/systemd/system/vllm.service").content_string
+    assert "--served-model-name gpuforge-tiny" in unit
+    assert "--distributed-executor-backend" not in unit  # the CPU backend serves without Ray workers
+    assert "--enforce-eager" in unit

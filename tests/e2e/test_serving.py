@@ -1,0 +1,144 @@
+"""Serving on the lab: a Ray cluster per serving group, vLLM (CPU build, gpuforge's tiny model) on each
+group's head, HAProxy on lb-01 in front of both heads. Runs after site.yml provisioned the lab."""
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import ssh
+
+MODEL = "gpuforge-tiny"  # vllm_served_model_name in inventories/lab/group_vars/serving.yml
+PORT = 8000
+
+
+@pytest.fixture(scope="module")
+def api_key(lab, first_run):
+    rc, summary = first_run
+    assert rc == 0, summary["failures"]
+    return lab.secrets()["vllm_api_key"]
+
+
+def lb_address(lab):
+    return next(h.mgmt_ip for h in lab.topology.hosts if h.kind == "lb")
+
+
+def host(lab, name):
+    return next(h for h in lab.topology.hosts if h.name == name)
+
+
+def complete(address, key, prompt="Hello, the cluster", max_tokens=8, timeout=60):
+    """POST /v1/completions; returns (HTTP status, parsed body or error text)."""
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"http://{address}:{PORT}/v1/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def alive_nodes(lab, head):
+    out = ssh(lab, head, "ray list nodes --format json --limit 1000 --filter state=ALIVE")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def lb_server_states(lab):
+    """{group: operational state} from HAProxy's runtime API (2 = up, 0 = down)."""
+    lb = next(h.name for h in lab.topology.hosts if h.kind == "lb")
+    out = ssh(lab, lb, "echo 'show servers state' | socat stdio /run/haproxy/admin.sock")
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    header = next(ln for ln in lines if ln.startswith("# be_id")).lstrip("# ").split()
+    rows = [dict(zip(header, ln.split(), strict=False)) for ln in lines if not ln.startswith("#") and " " in ln]
+    return {r["srv_name"]: int(r["srv_op_state"]) for r in rows}
+
+
+def test_completion_through_haproxy_with_the_api_key(lab, api_key):
+    status, body = complete(lb_address(lab), api_key)
+    assert status == 200, body
+    assert body["model"] == MODEL
+    assert body["usage"]["completion_tokens"] == 8, body["usage"]
+    assert body["choices"][0]["text"], body
+    print(f"\ncompletion through HAProxy: {body['choices'][0]['text']!r}")
+
+
+def test_haproxy_passes_a_missing_or_wrong_key_to_vllm_which_refuses_it(lab, api_key):
+    status, body = complete(lb_address(lab), None)
+    assert status == 401, body
+    status, body = complete(lb_address(lab), api_key[::-1])
+    assert status == 401, body
+
+
+def test_ray_status_on_each_head_shows_both_hosts_with_their_gpus(lab, api_key):
+    gpus = lab.topology.gpus_per_host
+    for group, names in lab.topology.serving_groups.items():
+        head = names[0]
+        nodes = alive_nodes(lab, head)
+        assert sorted(n["node_ip"] for n in nodes) == sorted(host(lab, n).fabric_ip for n in names), (group, nodes)
+        assert all(n["resources_total"].get("GPU") == gpus for n in nodes), (group, nodes)
+        status = ssh(lab, head, "ray status")
+        assert status.returncode == 0, status.stderr
+        active = status.stdout.split("Active:")[1].split("Pending:")[0]
+        assert len(re.findall(r"^\s*1 node_[0-9a-f]+", active, re.M)) == len(names), status.stdout
+        assert re.search(rf"/{gpus * len(names)}\.0 GPU", status.stdout), status.stdout
+
+
+def test_a_killed_ray_worker_rejoins_within_60_s(lab, api_key):
+    names = next(iter(lab.topology.serving_groups.values()))
+    head, worker = names[0], names[1]
+    ip = host(lab, worker).fabric_ip
+    before = {n["node_id"] for n in alive_nodes(lab, head) if n["node_ip"] == ip}
+    assert before, f"{worker} is not in its Ray cluster before the test"
+    out = ssh(lab, worker, "pkill -KILL -x raylet && echo killed")
+    assert "killed" in out.stdout, out.stderr
+    started = time.monotonic()
+    rejoined = None
+    while time.monotonic() - started < 90:
+        now = [n for n in alive_nodes(lab, head) if n["node_ip"] == ip and n["node_id"] not in before]
+        if now:
+            rejoined = time.monotonic() - started
+            break
+        time.sleep(2)
+    print(f"\n{worker}: raylet killed, rejoined the cluster after {rejoined} s")
+    assert rejoined is not None and rejoined <= 60, f"{worker} did not rejoin within 60 s ({rejoined})"
+
+
+def test_stopping_one_group_keeps_completions_answering(lab, api_key):
+    groups = lab.topology.serving_groups
+    stopped_group, names = next(iter(groups.items()))
+    head = names[0]
+    address = lb_address(lab)
+    out = ssh(lab, head, "systemctl stop vllm")
+    assert out.returncode == 0, out.stderr
+    try:
+        # Long enough for HAProxy's health check to take the group out (interval 5 s, fall 2); until then
+        # a request sent to the stopped head is redispatched to the other group.
+        results = []
+        for _ in range(15):
+            results.append(complete(address, api_key, max_tokens=4))
+            time.sleep(1)
+        failed = [r for r in results if r[0] != 200]
+        print(f"\n{stopped_group} stopped: {len(results)} completions, {len(failed)} failed")
+        assert not failed, failed
+        deadline = time.monotonic() + 30
+        while lb_server_states(lab).get(stopped_group) != 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert lb_server_states(lab)[stopped_group] == 0, "HAProxy still has the stopped group in rotation"
+    finally:
+        ssh(lab, head, "systemctl start vllm")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if complete(host(lab, head).mgmt_ip, api_key, max_tokens=1)[0] == 200 and \
+                    lb_server_states(lab).get(stopped_group) == 2:
+                break
+            time.sleep(3)
+    assert lb_server_states(lab)[stopped_group] == 2, f"{stopped_group} did not come back into rotation"
