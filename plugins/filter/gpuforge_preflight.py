@@ -26,8 +26,10 @@ description:
 
 SERVING_PARENT = "serving"
 # Variables that every host of a serving group must agree on (one vLLM replica, one Ray cluster).
-GROUP_CONSISTENT = ("gpu_count", "nvidia_driver_branch", "nvidia_driver_version", "ray_version",
-                    "vllm_version", "vllm_model", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size",
+# (Never a secret: a disagreement is printed with each host's value.)
+GROUP_CONSISTENT = ("gpu_count", "nvidia_driver_branch", "nvidia_driver_version", "ray_cluster_version",
+                    "vllm_serve_requirements", "vllm_model", "vllm_model_source", "vllm_served_model_name",
+                    "vllm_port", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size",
                     "gpu_memory_gib", "vllm_model_config")
 SUPPORTED_OS = {"Debian": ("12", "13"), "Ubuntu": ("22", "24")}
 
@@ -92,9 +94,11 @@ def _type_problems(host, hvars, spec):
             fix = opts.get("fix") or opts.get("description", "")
             if isinstance(fix, list):
                 fix = " ".join(fix)
+            secret = opts.get("no_log")
+            shown = "<hidden: no_log>" if secret else repr(hvars[name])
+            why = f"not a valid {opts.get('type')}" if secret else result.error_messages[0]  # it quotes the value
             problems.append(
-                f"host {host}: variable {name} = {hvars[name]!r} is invalid "
-                f"({result.error_messages[0]}). Fix: {fix}".rstrip()
+                f"host {host}: variable {name} = {shown} is invalid ({why}). Fix: {fix}".rstrip()
             )
     return problems
 

@@ -148,3 +148,21 @@ def test_model_config_without_gpu_memory_is_named():
         hv[h]["vllm_model_config"] = str(FIXTURES / "models" / "llama-3-70b.json")
     (problem,) = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, SPEC)
     assert "gpu_memory_gib is not" in problem
+
+
+def test_a_secret_of_the_wrong_type_is_reported_without_its_value():
+    # Any value converts to str, so a str secret cannot be mistyped: give the spec a type it can fail.
+    spec = copy.deepcopy(SPEC)
+    assert spec["vllm_api_key"]["no_log"] is True
+    spec["vllm_api_key"]["type"] = "int"
+    hv = base_vars()
+    hv["g1"]["vllm_api_key"] = "sk-secret-value-1234"
+    problems = pf.inventory_problems(pf.inventory_tree(GRAPH), hv, spec)
+    mine = [p for p in problems if "vllm_api_key" in p]
+    assert len(mine) == 1 and mine[0].startswith("host g1: variable vllm_api_key = <hidden: no_log> is invalid")
+    assert "sk-secret-value-1234" not in " ".join(problems)
+
+
+def test_serving_groups_are_published_head_first():
+    groups = pf.serving_groups(pf.inventory_tree(GRAPH))
+    assert groups == {"serving_a": ["g1", "g2"]}
