@@ -143,6 +143,14 @@ def lab_vault_password(root: Path, inventory: Path) -> Path | None:
     return None
 
 
+def with_localhost(limit: str | None) -> str | None:
+    """A --limit that keeps localhost in: preflight validates the inventory in a play on localhost, which a
+    limit to some hosts would otherwise skip."""
+    if not limit or "localhost" in [p.strip() for p in limit.replace(":", ",").split(",")]:
+        return limit
+    return f"{limit},localhost"
+
+
 def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None = None,
                  tags: str | None = None, check: bool = False, extra_vars: dict | None = None,
                  runs_dir: Path | None = None, out: TextIO = sys.stdout,
@@ -181,7 +189,7 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
         project_dir=str(root),
         playbook=playbook,
         inventory=str(inv_path),
-        limit=limit,
+        limit=with_localhost(limit),
         tags=tags,
         cmdline=" ".join(cmdline) or None,
         extravars=extra_vars or None,

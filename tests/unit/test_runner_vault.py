@@ -84,3 +84,13 @@ def test_a_file_inside_the_lab_inventory_uses_the_lab_password(tmp_path):
     (root / ".lab" / "vault-password").write_text("pw\n")
     assert lab_vault_password(root, root / "inventories" / "lab" / "hosts.yml") == root / ".lab" / "vault-password"
     assert lab_vault_password(root, root / "inventories" / "prod" / "hosts.yml") is None
+
+
+def test_a_limit_keeps_localhost_for_preflight():
+    from gpuforge.runner import with_localhost
+
+    assert with_localhost(None) is None
+    assert with_localhost("gpu-03") == "gpu-03,localhost"
+    assert with_localhost("gpu_nodes:!gpu-01") == "gpu_nodes:!gpu-01,localhost"
+    assert with_localhost("gpu-03,localhost") == "gpu-03,localhost"
+    assert with_localhost("localhost:gpu-03") == "localhost:gpu-03"
