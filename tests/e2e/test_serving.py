@@ -144,3 +144,28 @@ def test_stopping_one_group_keeps_completions_answering(lab, api_key):
             time.sleep(3)
     assert lb_server_states(lab)[stopped_group] == 2, f"{stopped_group} did not come back into rotation"
 
+
+
+def test_the_play_names_a_host_that_did_not_join(lab, api_key, tmp_path):
+    """A worker whose Ray is down (and not in the play to be started): the head's wait fails naming it."""
+    from conftest import ROOT
+
+    from gpuforge.runner import run_playbook
+
+    groups = list(lab.topology.serving_groups.values())
+    head, worker = groups[-1][0], groups[-1][1]
+    assert ssh(lab, worker, "systemctl stop ray-worker").returncode == 0
+    try:
+        rc, summary = run_playbook(ROOT, "playbooks/serving.yml", "inventories/lab", limit=head, tags="ray_cluster",
+                                   extra_vars={"ray_cluster_wait_s": 20}, runs_dir=tmp_path)
+        assert rc != 0
+        msgs = [f["msg"] for f in summary["failures"]]
+        assert any(f"does not see {worker} at {host(lab, worker).fabric_ip} alive" in m for m in msgs), msgs
+    finally:
+        ssh(lab, worker, "systemctl start ray-worker")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if any(n["node_ip"] == host(lab, worker).fabric_ip for n in alive_nodes(lab, head)):
+            break
+        time.sleep(3)
+    assert any(n["node_ip"] == host(lab, worker).fabric_ip for n in alive_nodes(lab, head))
