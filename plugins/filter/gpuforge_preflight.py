@@ -12,6 +12,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 
 DOCUMENTATION = r"""
@@ -61,6 +62,9 @@ def inventory_tree(graph_text):
             tree[parent]["hosts"].append(name)
     return tree
 
+
+# A Kubernetes node name (RFC 1123 subdomain).
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 def _members(tree, group, seen=None):
     seen = set() if seen is None else seen
@@ -242,10 +246,21 @@ def inventory_problems(tree, hostvars, spec=None):
                         "host(s) that run the load balancer in front of the serving groups under lb.")
 
     # Kubernetes
-    if any(str(hv(h).get("kubernetes_enabled", False)).lower() in ("true", "yes", "1") for h in all_hosts) \
-            and not _members(tree, "kube_control_plane"):
-        problems.append("inventory: kubernetes_enabled is true but group kube_control_plane is missing or "
-                        "empty. Fix: add the control-plane host(s), or set kubernetes_enabled: false.")
+    control_plane = _members(tree, "kube_control_plane")
+    if any(str(hv(h).get("kubernetes_enabled", False)).lower() in ("true", "yes", "1") for h in all_hosts):
+        if not control_plane:
+            problems.append("inventory: kubernetes_enabled is true but group kube_control_plane is missing or "
+                            "empty. Fix: add the control-plane host(s), or set kubernetes_enabled: false.")
+        elif len(control_plane) > 1 and not hv(control_plane[0]).get("kubernetes_control_plane_endpoint"):
+            problems.append(f"inventory: {len(control_plane)} kube_control_plane hosts but no "
+                            "kubernetes_control_plane_endpoint. Fix: set it to a load-balanced name or VIP and port "
+                            "(e.g. k8s-api.example.net:6443) in group_vars; control-plane hosts cannot join "
+                            "without one, and it cannot be changed after kubeadm init.")
+        for host in sorted(set(control_plane) | set(_members(tree, "kube_nodes"))):
+            if not _DNS_SUBDOMAIN.match(host):
+                problems.append(f"host {host}: Kubernetes registers each node under its inventory name, and "
+                                f"{host!r} is not a lowercase DNS name. Fix: rename the host in the inventory "
+                                "(lowercase letters, digits, '-' and '.').")
 
     # Addresses and fabric
     mgmt, fabric = {}, {}

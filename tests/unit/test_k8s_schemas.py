@@ -20,10 +20,11 @@ from conftest import ROOT
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-# The Kubernetes minor the cluster runs. TODO: read kubernetes_version_minor from roles/kubernetes/defaults once that
-# role exists, so the two cannot drift.
-K8S_MINOR = "1.34"
 ROLE = ROOT / "roles" / "gpu_device_plugin"
+K8S_ROLE = ROOT / "roles" / "kubernetes"
+K8S_DEFAULTS = yaml.safe_load((K8S_ROLE / "defaults/main.yml").read_text())
+# The Kubernetes minor the cluster runs: the kubernetes role's, so the schemas follow the pin.
+K8S_MINOR = K8S_DEFAULTS["kubernetes_version_minor"]
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -50,7 +51,15 @@ ENV.filters.update(comment=_comment, to_json=lambda v: json.dumps(v, ensure_asci
 def role_vars(**overrides):
     """The variables the role passes to its templates: its defaults, the per-node name, overrides."""
     values = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
-    values.update(ansible_managed="Ansible managed", __gpu_device_plugin_node_name="gpu-node-01.example.net")
+    values.update(
+        ansible_managed="Ansible managed",
+        __gpu_device_plugin_node_name="gpu-node-01.example.net",
+        __gpu_device_plugin_labels={
+            **values["gpu_device_plugin_node_labels"],
+            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        },
+        __gpu_device_plugin_taints=[],
+    )
     values.update(overrides)
     return values
 
@@ -108,7 +117,15 @@ CASES = [
         {"gpu_device_plugin_runtime_class": "", "gpu_device_plugin_mig_strategy": "mixed"},
     ),
     ("gpu-node.yml.j2", {}),
-    ("gpu-node.yml.j2", {"gpu_device_plugin_taint_gpu_nodes": True}),
+    (
+        "gpu-node.yml.j2",
+        {
+            "__gpu_device_plugin_taints": [
+                {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+                {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+            ]
+        },
+    ),
     ("smoke-pod.yml.j2", {}),
     ("smoke-pod.yml.j2", {"gpu_device_plugin_runtime_class": ""}),
 ]
@@ -179,42 +196,62 @@ def test_broken_object_fails(case):
         validate(_broken()[case])
 
 
-# kubeadm configuration: the schema itself. TODO: validate the kubernetes role's rendered kubeadm configuration
-# (templates not written yet); until then, a representative document.
+# kubeadm configuration: the kubernetes role's templates rendered for init and for both kinds of join, checked
+# against the strict kubeadm v1beta4 schema (tests/unit/schemas/kubeadm-v1beta4.yml).
 KUBEADM_SCHEMA = yaml.safe_load((Path(__file__).parent / "schemas" / "kubeadm-v1beta4.yml").read_text())
-KUBEADM_EXAMPLE = """
-apiVersion: kubeadm.k8s.io/v1beta4
-kind: InitConfiguration
-bootstrapTokens:
-  - token: abcdef.0123456789abcdef
-    ttl: 1h0m0s
-    usages: [signing, authentication]
-localAPIEndpoint: {advertiseAddress: 10.0.0.11, bindPort: 6443}
-nodeRegistration:
-  criSocket: unix:///run/containerd/containerd.sock
-  kubeletExtraArgs: [{name: node-ip, value: 10.10.0.11}]
----
-apiVersion: kubeadm.k8s.io/v1beta4
-kind: ClusterConfiguration
-kubernetesVersion: v1.34.1
-controlPlaneEndpoint: k8s-api.example.net:6443
-networking: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12}
-apiServer: {certSANs: [k8s-api.example.net]}
----
-apiVersion: kubeadm.k8s.io/v1beta4
-kind: JoinConfiguration
-discovery:
-  bootstrapToken:
-    token: abcdef.0123456789abcdef
-    apiServerEndpoint: k8s-api.example.net:6443
-    caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
-nodeRegistration:
-  taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]
----
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-cgroupDriver: systemd
-"""
+KUBEADM_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(K8S_ROLE / "templates")),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+)
+KUBEADM_ENV.filters.update(
+    comment=_comment,
+    to_json=lambda v: json.dumps(v, ensure_ascii=False),
+    bool=_bool,
+    regex_replace=lambda v, pattern, repl="": re.sub(pattern, repl, str(v)),
+    unique=lambda v: list(dict.fromkeys(v)),
+)
+GROUPS = {"kube_control_plane": ["cp-01", "cp-02"], "kube_nodes": ["hgx-01"]}
+
+
+def kubeadm_vars(host, **overrides):
+    values = dict(K8S_DEFAULTS)
+    values.update(yaml.safe_load((K8S_ROLE / "vars/main.yml").read_text()))
+    values.update(
+        ansible_managed="Ansible managed",
+        inventory_hostname=host,
+        groups=GROUPS,
+        __kubernetes_node_name=host,
+        __kubernetes_node_ip="10.0.0.11",
+        __kubernetes_endpoint="k8s-api.example.net:6443",
+        __kubernetes_kubeadm_version={"stdout": "v1.34.2\n"},
+        __kubernetes_join_creds={
+            "token": "abcdef.0123456789abcdef",
+            "ca_cert_hash": "sha256:" + "0" * 64,
+            "certificate_key": "a" * 64 + "\n",
+        },
+    )
+    values.update(overrides)
+    return values
+
+
+def render_kubeadm(template, host, **overrides):
+    text = KUBEADM_ENV.get_template(template).render(kubeadm_vars(host, **overrides))
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+KUBEADM_CASES = {
+    "init": ("kubeadm-init.yml.j2", "cp-01", {}),
+    "init schedulable, extra SANs": (
+        "kubeadm-init.yml.j2",
+        "cp-01",
+        {"kubernetes_control_plane_schedulable": True, "kubernetes_api_cert_sans": ["10.0.0.100", "api.internal"]},
+    ),
+    "join control plane": ("kubeadm-join.yml.j2", "cp-02", {}),
+    "join control plane schedulable": ("kubeadm-join.yml.j2", "cp-02", {"kubernetes_control_plane_schedulable": True}),
+    "join worker": ("kubeadm-join.yml.j2", "hgx-01", {}),
+}
 
 
 def kubeadm_validator(kind):
@@ -229,26 +266,78 @@ def test_kubeadm_schema_is_a_valid_schema():
     jsonschema.Draft202012Validator.check_schema(KUBEADM_SCHEMA)
 
 
-@pytest.mark.parametrize("doc", list(yaml.safe_load_all(KUBEADM_EXAMPLE)), ids=lambda d: d["kind"])
-def test_kubeadm_example_validates(doc):
-    kubeadm_validator(doc["kind"]).validate(doc)
+def test_every_kubeadm_template_is_covered():
+    templates = {p.name for p in (K8S_ROLE / "templates").glob("kubeadm-*.yml.j2")}
+    assert templates == {t for t, _, _ in KUBEADM_CASES.values()}
+
+
+@pytest.mark.parametrize("case", sorted(KUBEADM_CASES))
+def test_rendered_kubeadm_configuration_validates(case):
+    template, host, overrides = KUBEADM_CASES[case]
+    docs = render_kubeadm(template, host, **overrides)
+    for doc in docs:
+        kubeadm_validator(doc["kind"]).validate(doc)
+    kinds = [d["kind"] for d in docs]
+    if template == "kubeadm-init.yml.j2":
+        assert kinds == ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration"]
+    else:
+        assert kinds == ["JoinConfiguration"]
+
+
+def test_init_configuration_carries_the_cluster_settings():
+    init, cluster, kubelet = render_kubeadm("kubeadm-init.yml.j2", "cp-01")
+    assert init["nodeRegistration"]["name"] == "cp-01"
+    assert init["nodeRegistration"]["kubeletExtraArgs"] == [{"name": "node-ip", "value": "10.0.0.11"}]
+    assert init["localAPIEndpoint"] == {"advertiseAddress": "10.0.0.11", "bindPort": 6443}
+    assert "taints" not in init["nodeRegistration"]  # kubeadm's control-plane taint stays
+    assert cluster["kubernetesVersion"] == "v1.34.2"
+    assert cluster["controlPlaneEndpoint"] == "k8s-api.example.net:6443"
+    assert cluster["networking"] == {
+        "podSubnet": "10.244.0.0/16",
+        "serviceSubnet": "10.96.0.0/12",
+        "dnsDomain": "cluster.local",
+    }
+    assert cluster["apiServer"]["certSANs"] == ["k8s-api.example.net", "10.0.0.11"]
+    assert kubelet["cgroupDriver"] == "systemd"
+    assert kubelet["containerRuntimeEndpoint"] == "unix:///run/containerd/containerd.sock"
+    schedulable = render_kubeadm("kubeadm-init.yml.j2", "cp-01", kubernetes_control_plane_schedulable=True)[0]
+    assert schedulable["nodeRegistration"]["taints"] == []
+
+
+def test_join_configuration_by_role():
+    (cp,) = render_kubeadm("kubeadm-join.yml.j2", "cp-02")
+    (worker,) = render_kubeadm("kubeadm-join.yml.j2", "hgx-01")
+    assert cp["controlPlane"]["certificateKey"] == "a" * 64
+    assert cp["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == "10.0.0.11"
+    assert "controlPlane" not in worker
+    for doc in (cp, worker):
+        assert doc["discovery"]["bootstrapToken"] == {
+            "apiServerEndpoint": "k8s-api.example.net:6443",
+            "token": "abcdef.0123456789abcdef",
+            "caCertHashes": ["sha256:" + "0" * 64],
+        }
 
 
 @pytest.mark.parametrize(
-    ("kind", "path", "value"),
+    ("case", "path", "value"),
     [
-        ("ClusterConfiguration", ["apiServer", "timeoutForControlPlane"], "4m0s"),  # v1beta3 only
-        ("ClusterConfiguration", ["apiServer", "extraArgs"], {"audit-log-path": "-"}),  # v1beta3 map form
-        ("InitConfiguration", ["nodeRegistration", "taints"], [{"key": "a"}]),  # core Taint: effect required
-        ("JoinConfiguration", ["discovery", "bootstrapToken", "token"], "not-a-token"),
-        ("KubeletConfiguration", ["cgroupDriver"], "systemD"),
+        ("init", [1, "apiServer", "timeoutForControlPlane"], "4m0s"),  # v1beta3 only
+        ("init", [1, "apiServer", "extraArgs"], {"audit-log-path": "-"}),  # v1beta3 map form
+        ("init", [0, "nodeRegistration", "taints"], [{"key": "a"}]),  # core Taint: effect required
+        ("init", [0, "nodeRegistration", "kubeletExtraArgs"], {"node-ip": "10.0.0.11"}),  # v1beta3 map form
+        ("init", [2, "cgroupDriver"], "systemD"),
+        ("join worker", [0, "discovery", "bootstrapToken", "token"], "not-a-token"),
+        ("join control plane", [0, "controlPlane", "certificateKey"], "short"),
+        ("join control plane", [0, "discovery", "bootstrapToken", "caCertHashes"], ["md5:abc"]),
     ],
 )
-def test_broken_kubeadm_configuration_fails(kind, path, value):
-    doc = copy.deepcopy(next(d for d in yaml.safe_load_all(KUBEADM_EXAMPLE) if d["kind"] == kind))
+def test_broken_kubeadm_configuration_fails(case, path, value):
+    template, host, overrides = KUBEADM_CASES[case]
+    docs = render_kubeadm(template, host, **overrides)
+    doc = docs[path[0]]
     target = doc
-    for key in path[:-1]:
+    for key in path[1:-1]:
         target = target.setdefault(key, {})
     target[path[-1]] = value
     with pytest.raises(jsonschema.ValidationError):
-        kubeadm_validator(kind).validate(doc)
+        kubeadm_validator(doc["kind"]).validate(doc)

@@ -29,6 +29,8 @@ CASES = {
     "no_load_balancer": "group lb is missing or empty while serving groups exist",
     "kubernetes_without_control_plane": "kubernetes_enabled is true but group kube_control_plane is missing",
     "kubernetes_enabled_not_bool": "variable kubernetes_enabled = 'maybe' is invalid",
+    "kubernetes_ha_without_endpoint": "2 kube_control_plane hosts but no kubernetes_control_plane_endpoint",
+    "kubernetes_node_name_not_dns": "host GPU_02: Kubernetes registers each node under its inventory name",
     "host_directly_in_serving": "host gpu-04: listed directly under group serving",
     "model_does_not_fit": "serving group serving_b: the model does not fit: with tensor parallel 8 x pipeline "
                           "parallel 2 each GPU needs",
