@@ -339,6 +339,10 @@ class Lab:
                         "gpu_count": t.gpus_per_host,
                         "nvidia_driver_version": LAB_DRIVER_VERSIONS[t.distro],
                     }},
+                    # The Kubernetes groups as a real site has them; kubernetes_enabled is false in the lab
+                    # (inventories/lab/group_vars/all/main.yml says why), so playbooks/kubernetes.yml skips them.
+                    "kube_control_plane": {"hosts": {next(iter(gpu)): None}},
+                    "kube_nodes": {"children": {"gpu_nodes": None}},
                     "serving": {"children": {
                         g: {"hosts": {n: None for n in names}} for g, names in t.serving_groups.items()
                     }},

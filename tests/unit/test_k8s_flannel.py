@@ -1,6 +1,6 @@
 """The kubernetes role's Flannel manifest, rendered with the role's variables and validated offline.
 
-The template follows Flannel v0.27.4's Documentation/kube-flannel.yml (docs/kubernetes-notes.md, "CNI: Flannel");
+The template follows Flannel v0.27.4's Documentation/kube-flannel.yml (docs/kubernetes.md, "CNI: Flannel");
 these tests check that what gpuforge injects (images, pod subnet, backend, --iface-can-reach) still gives valid
 Kubernetes objects and valid JSON in the ConfigMap.
 """

@@ -3,7 +3,7 @@
 kubernetes-validate bundles JSON schemas generated from each minor's OpenAPI; strict mode rejects unknown fields at
 every depth. It checks no enums and no name formats, so the few gpuforge renders are checked here too. The kubeadm
 configuration has no OpenAPI schema: tests/unit/schemas/kubeadm-v1beta4.yml is a strict one written from kubeadm's
-Go types (docs/kubernetes-notes.md).
+Go types (docs/kubernetes.md).
 """
 
 import copy

@@ -45,6 +45,8 @@ def test_generated_inventory_passes_preflight(tmp_path: Path):
     children = data["all"]["children"]
     assert children["gpu_nodes"]["vars"] == {"gpu_count": 4, "nvidia_driver_version": "535.261.03-1"}
     assert set(children["serving"]["children"]) == {"serving_a", "serving_b", "serving_c"}
+    assert list(children["kube_control_plane"]["hosts"]) == [next(iter(children["gpu_nodes"]["hosts"]))]
+    assert children["kube_nodes"] == {"children": {"gpu_nodes": None}}
     assert data["all"]["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / ".lab" / "ssh" / "id_ed25519")
     # Flatten the way Ansible would and run the same checks preflight runs.
     hv = {h: dict(v, gpu_count=4) for h, v in children["gpu_nodes"]["hosts"].items()}
