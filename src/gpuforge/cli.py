@@ -22,6 +22,16 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_upgrade_drivers(args: argparse.Namespace) -> int:
+    from .runner import run_playbook
+
+    extra = {"nvidia_driver_version": args.version, "driver_upgrade_max_unavailable": args.max_unavailable,
+             "driver_upgrade_accept_downtime": args.accept_downtime}
+    rc, _ = run_playbook(_root(args), "playbooks/upgrade_drivers.yml", args.inventory, limit=args.limit,
+                         extra_vars=extra)
+    return rc
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     from . import tinymodel
 
@@ -108,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--check", action="store_true", help="dry run: --check --diff, changes nothing")
     prov.add_argument("--playbook", default="site.yml", help="playbook relative to the project (default site.yml)")
     prov.set_defaults(func=cmd_provision)
+
+    upg = sub.add_parser("upgrade-drivers", help="rolling NVIDIA driver upgrade, one serving group at a time")
+    upg.add_argument("-i", "--inventory", required=True, help="inventory path, e.g. inventories/prod")
+    upg.add_argument("--version", required=True, metavar="VERSION",
+                     help="exact driver package version, e.g. 535.309.01-0+deb12u1 (apt-cache madison)")
+    upg.add_argument("--max-unavailable", type=int, default=1, metavar="N",
+                     help="serving groups out of rotation at once (default 1)")
+    upg.add_argument("--accept-downtime", action="store_true",
+                     help="allow the endpoint to go down (required with a single serving group)")
+    upg.add_argument("--limit", help="limit to whole serving groups (Ansible pattern)")
+    upg.set_defaults(func=cmd_upgrade_drivers)
 
     plan = sub.add_parser("plan", help="weights + KV cache per GPU for a serving group; choose or check TP/PP")
     src = plan.add_mutually_exclusive_group(required=True)

@@ -219,7 +219,10 @@ class Lab:
                 say(f"removing {name}: not in the requested topology")
                 self._docker("rm", "-f", name)
         for h in self.topology.hosts:
+            # --restart: a reboot inside the container (systemd's PID 1 exits) starts it again, as a server
+            # comes back after a reboot; `lab down` removes containers with docker rm -f, which it does not affect.
             run_args = ["--hostname", h.name, "--label", LABEL, "--label", f"gpuforge.lab.kind={h.kind}",
+                        "--restart", "unless-stopped",
                         "--network", MGMT_NET, "--ip", h.mgmt_ip, *SYSTEMD_FLAGS,
                         "-v", f"{self.key}.pub:/root/.ssh/authorized_keys:ro"]
             # A container is reused only when it was started from the same image with the same flags.

@@ -64,3 +64,12 @@ def test_cli_parses_provision_flags():
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "gpuforge.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("gpuforge ")
+
+
+def test_cli_parses_upgrade_drivers_flags():
+    args = build_parser().parse_args(["upgrade-drivers", "-i", "inventories/lab", "--version", "535.309.01-0+deb12u1",
+                                      "--max-unavailable", "2", "--accept-downtime"])
+    assert (args.inventory, args.version, args.max_unavailable, args.accept_downtime) == (
+        "inventories/lab", "535.309.01-0+deb12u1", 2, True)
+    defaults = build_parser().parse_args(["upgrade-drivers", "-i", "inv", "--version", "1"])
+    assert (defaults.max_unavailable, defaults.accept_downtime, defaults.limit) == (1, False, None)

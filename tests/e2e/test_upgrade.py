@@ -1,0 +1,164 @@
+"""Day 2 on the lab: a rolling NVIDIA driver upgrade (playbooks/upgrade_drivers.yml) while a load generator sends
+completions through HAProxy the whole time. Runs after site.yml provisioned the lab (driver 535.261.03, the
+inventory's version) and after the serving tests; it leaves the lab at that version again.
+
+1. 535.261.03 -> 535.309.01 (Debian bookworm-security) across both serving groups: zero failed requests.
+2. The same command again: every group skipped, nothing changed.
+3. Back to 535.261.03 with dpkg made to fail on a host of the second group: the rollout stops, the first group is
+   at the target and serving, the second is out of rotation and reported; without the fault a re-run completes.
+"""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, ssh
+from test_serving import complete, lb_address
+
+from gpuforge.runner import run_playbook
+
+START = "535.261.03-1"  # the lab inventory's nvidia_driver_version (Debian 12)
+TARGET = "535.309.01-0+deb12u1"  # bookworm-security
+GROUPS = {"serving_a": ["gpu-01", "gpu-02"], "serving_b": ["gpu-03", "gpu-04"]}
+FAULT = "/etc/apt/apt.conf.d/99gpuforge-e2e-fault"
+
+
+class Load(threading.Thread):
+    """Completions through HAProxy from two clients until stopped; every non-200 answer is a failure."""
+
+    def __init__(self, address, key, clients=2, pause=0.2):
+        super().__init__(daemon=True)
+        self.address, self.key, self.clients, self.pause = address, key, clients, pause
+        self.ok, self.failures, self.stop_event = 0, [], threading.Event()
+        self.lock = threading.Lock()
+
+    def _client(self):
+        while not self.stop_event.is_set():
+            status, body = complete(self.address, self.key, max_tokens=4, timeout=120)
+            with self.lock:
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append((time.strftime("%H:%M:%S"), status, str(body)[:200]))
+            time.sleep(self.pause)
+
+    def run(self):
+        workers = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.join(timeout=180)
+
+
+def installed(lab, host):
+    out = ssh(lab, host, "dpkg-query -W -f '${Version}' nvidia-kernel-dkms")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def boot_marker(lab, host):
+    return ssh(lab, host, "cat /run/gpuforge-boot-id").stdout.strip()
+
+
+def upgrade(version, report_dir: Path, runs_dir: Path):
+    started = time.monotonic()
+    rc, summary = run_playbook(ROOT, "playbooks/upgrade_drivers.yml", "inventories/lab", runs_dir=runs_dir,
+                               extra_vars={"nvidia_driver_version": version,
+                                           "driver_upgrade_report_dir": str(report_dir)})
+    (run,) = [p for p in report_dir.iterdir() if p.is_dir()]
+    reports = {p.stem: json.loads(p.read_text()) for p in run.glob("*.json")}
+    return rc, summary, reports, time.monotonic() - started
+
+
+def lb_servers(lab):
+    """{group: (operational state, admin state)} from HAProxy (op 2 = up; admin 8 = drain, 0 = ready)."""
+    lb = next(h.name for h in lab.topology.hosts if h.kind == "lb")
+    out = ssh(lab, lb, "echo 'show servers state serving' | socat stdio /run/haproxy/admin.sock")
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln[:1].isdigit()]
+    return {r[3]: (int(r[5]), int(r[6])) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def api_key(lab, first_run):
+    rc, summary = first_run
+    assert rc == 0, summary["failures"]
+    return lab.secrets()["vllm_api_key"]
+
+
+def test_rolling_upgrade_keeps_the_endpoint_answering(lab, api_key, tmp_path):
+    hosts = [h for g in GROUPS.values() for h in g]
+    assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, START)
+    markers = {h: boot_marker(lab, h) for h in hosts}
+    with Load(lb_address(lab), api_key) as load:
+        rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "reports", tmp_path / "runs")
+        time.sleep(5)  # a few more requests after the last group is back
+    print(f"\nrolling upgrade {START} -> {TARGET}: {seconds:.0f} s; requests answered {load.ok}, "
+          f"failed {len(load.failures)}")
+    for group, members in GROUPS.items():
+        head = reports[members[0]]
+        print(f"  {group}: {head['before']} -> {head['after']} in {head['seconds']} s; through HAProxy during its "
+              f"window {head['lb']['requests']} requests, {head['lb']['errors_5xx']} failed")
+    assert rc == 0, summary["failures"]
+    assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, TARGET)
+    assert load.failures == [], load.failures
+    assert load.ok > 20
+    for members in GROUPS.values():
+        assert all(reports[h]["status"] == "upgraded" for h in members), reports
+        assert reports[members[0]]["lb"]["errors_5xx"] == 0
+    # Each host rebooted (the lab's boot marker changed) and every group is back in rotation.
+    assert all(boot_marker(lab, h) != markers[h] for h in hosts)
+    assert lb_servers(lab) == {g: (2, 0) for g in GROUPS}
+
+
+def test_rerun_at_the_target_changes_nothing(lab, api_key, tmp_path):
+    rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "reports", tmp_path / "runs")
+    print(f"\nre-run at {TARGET}: {seconds:.0f} s")
+    assert rc == 0, summary["failures"]
+    changed = [t for t in summary["task_times"] if t.get("changed")]
+    assert changed == [], changed
+    assert {h: r["status"] for h, r in reports.items() if h != "summary"} == {
+        h: "skipped" for g in GROUPS.values() for h in g}
+
+
+def test_failure_in_the_second_group_stops_the_rollout_and_a_rerun_completes(lab, api_key, tmp_path):
+    # A package that cannot be installed: every dpkg run on gpu-04 fails (serving_b's worker).
+    ssh(lab, "gpu-04", f"echo 'DPkg::Pre-Invoke {{\"echo gpuforge e2e fault; exit 1\";}};' > {FAULT}")
+    try:
+        with Load(lb_address(lab), api_key) as load:
+            rc, summary, reports, seconds = upgrade(START, tmp_path / "first", tmp_path / "runs")
+        print(f"\nrollout with a fault on gpu-04: {seconds:.0f} s, rc {rc}; requests answered {load.ok}, "
+              f"failed {len(load.failures)}")
+        assert rc != 0
+        # The first group moved to the target and serves; the second is out of rotation and reported.
+        assert [installed(lab, h) for h in GROUPS["serving_a"]] == [START, START]
+        assert reports["gpu-04"]["status"] == "failed"
+        assert reports["gpu-04"]["group"] == "serving_b"
+        assert "driver" in reports["gpu-04"]["failed_task"].lower(), reports["gpu-04"]
+        print(f"  reported: gpu-04 failed at {reports['gpu-04']['failed_task']!r}: {reports['gpu-04']['error'][:200]}")
+        servers = lb_servers(lab)
+        assert servers["serving_a"] == (2, 0), servers
+        assert servers["serving_b"][1] & 8, servers  # still drained: out of rotation
+        assert load.failures == [], load.failures
+        status, _ = complete(lb_address(lab), api_key)
+        assert status == 200
+    finally:
+        ssh(lab, "gpu-04", f"rm -f {FAULT}")
+
+    rc, summary, reports, seconds = upgrade(START, tmp_path / "second", tmp_path / "runs")
+    print(f"re-run without the fault: {seconds:.0f} s")
+    assert rc == 0, summary["failures"]
+    assert {h: reports[h]["status"] for h in GROUPS["serving_a"]} == dict.fromkeys(GROUPS["serving_a"], "skipped")
+    assert {h: reports[h]["status"] for h in GROUPS["serving_b"]} == dict.fromkeys(GROUPS["serving_b"], "upgraded")
+    hosts = [h for g in GROUPS.values() for h in g]
+    assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, START)
+    assert lb_servers(lab) == {g: (2, 0) for g in GROUPS}
