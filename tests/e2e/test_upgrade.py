@@ -84,7 +84,8 @@ def lb_servers(lab):
     """{group: (operational state, admin state)} from HAProxy (op 2 = up; admin 8 = drain, 0 = ready)."""
     lb = next(h.name for h in lab.topology.hosts if h.kind == "lb")
     out = ssh(lab, lb, "echo 'show servers state serving' | socat stdio /run/haproxy/admin.sock")
-    rows = [ln.split() for ln in out.stdout.splitlines() if ln[:1].isdigit()]
+    # The first line is the format version ("1"), then a "#" header, then one row per server.
+    rows = [r for r in (ln.split() for ln in out.stdout.splitlines()) if len(r) > 6 and r[1] == "serving"]
     return {r[3]: (int(r[5]), int(r[6])) for r in rows}
 
 
