@@ -79,7 +79,23 @@ def _topology(args: argparse.Namespace):
     from .lab import Topology
 
     return Topology(gpu_hosts=args.gpu_hosts, groups=args.groups, lb_hosts=args.lb_hosts,
-                    gpus_per_host=args.gpus_per_host, distro=args.distro)
+                    gpus_per_host=args.gpus_per_host, distro=args.distro, serving_hosts=args.serving_hosts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.main(args, _root(args))
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes takes host counts separated by commas, got {text!r}") from None
+    if not sizes or sizes[0] < 2:
+        raise argparse.ArgumentTypeError("--sizes: each lab needs at least 2 hosts (a GPU host and the lb)")
+    return sizes
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -154,11 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, required=True, help="directory to write the model into")
     model.set_defaults(func=cmd_model)
 
+    bench = sub.add_parser("bench", help="time site.yml on fresh labs of two sizes, or each tuning lever (--levers)",
+                           description="Replaces the running lab (except with --levers). Prints a table; writes "
+                                       "bench.json and the ansible progress log under --out.")
+    bench.add_argument("--sizes", type=_sizes, default=[5, 13], help="lab sizes in hosts, lb included (default 5,13)")
+    bench.add_argument("--serving-hosts", type=int, default=4,
+                       help="GPU hosts in serving groups at every size (default 4); the rest get the host stack")
+    bench.add_argument("--groups", type=int, default=2, help="serving groups (default 2)")
+    bench.add_argument("--lb-hosts", type=int, default=1, help="load-balancer hosts (default 1)")
+    bench.add_argument("--distro", default="12", choices=["12", "13"], help="Debian release of the hosts (default 12)")
+    bench.add_argument("--levers", action="store_true",
+                       help="on the running, provisioned lab: the no-op re-run with each lever set back to default")
+    bench.add_argument("--out", type=Path, default=None, help="directory for bench.json (default runs/bench-<UTC>)")
+    bench.set_defaults(func=cmd_bench)
+
     lab = sub.add_parser("lab", help="the local lab cluster of systemd containers")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
     up = lab_sub.add_parser("up", help="build images if needed, start the lab hosts, write inventories/lab")
     up.add_argument("--gpu-hosts", type=int, default=4, help="GPU hosts (default 4)")
     up.add_argument("--groups", type=int, default=2, help="serving groups the GPU hosts split into (default 2)")
+    up.add_argument("--serving-hosts", type=int, default=None,
+                    help="GPU hosts in serving groups, the first ones (default: all); the rest get the host stack only")
     up.add_argument("--lb-hosts", type=int, default=1, help="load-balancer hosts (default 1)")
     up.add_argument("--gpus-per-host", type=int, default=2, help="logical GPUs each lab host declares (default 2)")
     up.add_argument("--distro", default="12", choices=["12", "13"], help="Debian release of the hosts (default 12)")

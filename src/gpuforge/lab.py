@@ -75,6 +75,8 @@ class Topology:
     lb_hosts: int = 1
     gpus_per_host: int = 2
     distro: str = "12"
+    # GPU hosts in serving groups (the first ones); the rest get the host stack only. None: all of them.
+    serving_hosts: int | None = None
     hosts: list[LabHost] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -84,15 +86,19 @@ class Topology:
             raise LabError(f"--gpu-hosts must be between 1 and 80, got {self.gpu_hosts}")
         if self.lb_hosts < 0 or self.lb_hosts > 9:
             raise LabError(f"--lb-hosts must be between 0 and 9, got {self.lb_hosts}")
-        if self.groups < 1 or self.gpu_hosts % self.groups:
+        serving = self.gpu_hosts if self.serving_hosts is None else self.serving_hosts
+        if serving < 1 or serving > self.gpu_hosts:
+            raise LabError(f"--serving-hosts must be between 1 and --gpu-hosts ({self.gpu_hosts}), got {serving}")
+        if self.groups < 1 or serving % self.groups:
             raise LabError(
-                f"--gpu-hosts ({self.gpu_hosts}) must split evenly into --groups ({self.groups}): "
+                f"the serving GPU hosts ({serving}) must split evenly into --groups ({self.groups}): "
                 "every serving group has the same number of hosts")
         if self.gpus_per_host < 1:
             raise LabError(f"--gpus-per-host must be at least 1, got {self.gpus_per_host}")
-        per_group = self.gpu_hosts // self.groups
+        per_group = serving // self.groups
         self.hosts = [
-            LabHost(f"gpu-{i:02d}", "gpu", i, f"serving_{chr(ord('a') + (i - 1) // per_group)}")
+            LabHost(f"gpu-{i:02d}", "gpu", i,
+                    f"serving_{chr(ord('a') + (i - 1) // per_group)}" if i <= serving else None)
             for i in range(1, self.gpu_hosts + 1)
         ] + [LabHost(f"lb-{i:02d}", "lb", i) for i in range(1, self.lb_hosts + 1)]
 

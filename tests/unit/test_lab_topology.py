@@ -26,12 +26,22 @@ def test_addresses_are_unique_and_fixed():
     assert mgmt[0] == "172.28.250.11" and mgmt[-1] == "172.28.250.202"
 
 
+def test_gpu_hosts_beyond_serving_hosts_get_no_serving_group(tmp_path):
+    t = Topology(gpu_hosts=12, groups=2, serving_hosts=4)
+    assert t.serving_groups == {"serving_a": ["gpu-01", "gpu-02"], "serving_b": ["gpu-03", "gpu-04"]}
+    inv = Lab(tmp_path, t).inventory_data()["all"]["children"]
+    assert len(inv["gpu_nodes"]["hosts"]) == 12
+    assert set(inv["serving"]["children"]) == {"serving_a", "serving_b"}
+
+
 @pytest.mark.parametrize("kwargs,msg", [
     ({"gpu_hosts": 5, "groups": 2}, "must split evenly"),
     ({"gpu_hosts": 0}, "--gpu-hosts must be between 1 and 80"),
     ({"distro": "11"}, "--distro must be one of"),
     ({"gpus_per_host": 0}, "--gpus-per-host must be at least 1"),
     ({"lb_hosts": 12}, "--lb-hosts must be between 0 and 9"),
+    ({"gpu_hosts": 4, "serving_hosts": 5}, "--serving-hosts must be between 1 and --gpu-hosts"),
+    ({"gpu_hosts": 6, "serving_hosts": 3, "groups": 2}, "serving GPU hosts .3. must split evenly"),
 ])
 def test_bad_topology_flags_are_refused(kwargs, msg):
     with pytest.raises(LabError, match=msg):
