@@ -45,6 +45,8 @@ class Progress:
     failures: list[dict] = field(default_factory=list)
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
     task_times: list[dict] = field(default_factory=list)
+    # One row per host result: what `gpuforge bench` and the no-op test read (time per task per host).
+    host_results: list[dict] = field(default_factory=list)
 
     def handle(self, event: dict) -> bool:
         kind = event.get("event", "")
@@ -67,6 +69,10 @@ class Progress:
                 outcome = "changed"
             if data.get("ignore_errors") and outcome == "failed":
                 outcome = "ignored"
+            self.host_results.append({
+                "play": self.play, "task": data.get("task", "") or "(unnamed)", "host": data.get("host", "?"),
+                "outcome": outcome, "seconds": round(float(data.get("duration") or 0.0), 3),
+                "action": data.get("resolved_action") or data.get("task_action") or ""})
             if self.task:
                 self.task.counts[outcome] = self.task.counts.get(outcome, 0) + 1
                 if self.live:
@@ -154,8 +160,12 @@ def with_localhost(limit: str | None) -> str | None:
 def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None = None,
                  tags: str | None = None, check: bool = False, extra_vars: dict | None = None,
                  runs_dir: Path | None = None, out: TextIO = sys.stdout,
-                 vault_password_file: Path | None = None) -> tuple[int, dict]:
+                 vault_password_file: Path | None = None,
+                 env_overrides: dict[str, str] | None = None) -> tuple[int, dict]:
     """Run one playbook; return (exit status, summary). The summary is also written as JSON.
+
+    `env_overrides`: environment for ansible-playbook on top of the project's (e.g. ANSIBLE_FORKS), which
+    `gpuforge bench --levers` uses to measure one setting against the project's ansible.cfg.
 
     Vault: `vault_password_file`, else $ANSIBLE_VAULT_PASSWORD_FILE, else the lab's own password when the
     inventory is inventories/lab."""
@@ -183,6 +193,7 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
     vault = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE") or lab_vault_password(root, inv_path)
     if vault:
         env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault)
+    env.update(env_overrides or {})
     t0 = time.monotonic()
     r = ansible_runner.run(
         private_data_dir=str(private),
@@ -218,6 +229,7 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
         "failed_hosts": progress.failed_hosts,
         "failures": progress.failures,
         "task_times": progress.task_times,
+        "host_results": progress.host_results,
         "artifacts": str(private / "artifacts"),
     }
     (private / "summary.json").write_text(json.dumps(summary, indent=2))

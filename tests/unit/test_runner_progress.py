@@ -69,3 +69,20 @@ def test_live_mode_rewrites_one_status_line():
     p = Progress(out=out, live=True)
     feed(p, [ev("playbook_on_task_start", task="T"), ev("runner_on_ok", host="a", task="T", res={})])
     assert "\r\033[K  [1] T ... ok=1" in out.getvalue()
+
+
+def test_each_host_result_keeps_its_own_duration_and_outcome():
+    p = Progress(out=io.StringIO())
+    feed(p, [
+        ev("playbook_on_play_start", play="Prepare hosts"),
+        ev("playbook_on_task_start", task="Install"),
+        ev("runner_on_ok", host="a", task="Install", duration=1.25, resolved_action="ansible.builtin.apt",
+           res={"changed": True}),
+        ev("runner_on_skipped", host="b", task="Install", duration=0.01, res={}),
+    ])
+    assert p.host_results == [
+        {"play": "Prepare hosts", "task": "Install", "host": "a", "outcome": "changed", "seconds": 1.25,
+         "action": "ansible.builtin.apt"},
+        {"play": "Prepare hosts", "task": "Install", "host": "b", "outcome": "skipped", "seconds": 0.01,
+         "action": ""},
+    ]
