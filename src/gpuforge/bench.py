@@ -1,0 +1,234 @@
+"""`gpuforge bench`: what site.yml costs on the lab, at two sizes, and what each tuning lever gives.
+
+Sizes: for each lab size (hosts in all) the bench removes the running lab, brings up a fresh one, runs
+site.yml (the first run) and runs it again (the no-op re-run), and records for both: wall time, tasks,
+host results by outcome, time per task per host, and each host's total. Then the ratios between sizes.
+
+Levers (`--levers`): on the lab as it stands (provisioned), the no-op re-run once with the project's
+ansible.cfg and once per lever with that one setting put back to Ansible's default, through the environment
+(ANSIBLE_*), so each figure is the lever's own share. Fact gathering is measured apart, with the setup module.
+
+The aggregation (`profile`, `compare`, `table`) is pure, so unit tests feed it summaries. Targets are
+printed against the figures, never asserted: a 2-core machine's timings are not a test (README, Performance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+# The issue's targets: a no-op re-run costs little beside the first run, and adding hosts costs little.
+NOOP_SHARE_MAX = 0.2  # no-op re-run / first run, on the smallest size
+NOOP_SECONDS_MAX = 60.0  # no-op re-run on the 5-host lab
+SCALING_MAX = 1.6  # no-op re-run, largest size / smallest size
+
+# Each lever set back to Ansible's own default, one at a time (ansible.cfg holds the project's values).
+LEVERS: dict[str, dict[str, str]] = {
+    "project settings (ansible.cfg)": {},
+    "pipelining off": {"ANSIBLE_PIPELINING": "False"},
+    "no SSH ControlPersist": {"ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ServerAliveInterval=30"},
+    "forks 5 (Ansible's default)": {"ANSIBLE_FORKS": "5"},
+    "no fact cache (gathering implicit)": {"ANSIBLE_GATHERING": "implicit", "ANSIBLE_CACHE_PLUGIN": "memory"},
+}
+
+
+def profile(summary: dict) -> dict:
+    """One run's figures from its summary (runner.run_playbook): wall time, tasks, time per task per host."""
+    rows = summary.get("host_results", [])
+    outcomes = Counter(r["outcome"] for r in rows)
+    per_host: dict[str, float] = defaultdict(float)
+    per_task: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        per_host[r["host"]] += r["seconds"]
+        hosts = per_task.setdefault((r["play"], r["task"]), {})
+        hosts[r["host"]] = round(hosts.get(r["host"], 0.0) + r["seconds"], 3)  # loops/includes: summed
+    tasks = []
+    for (play, task), hosts in per_task.items():
+        secs = list(hosts.values())
+        tasks.append({"play": play, "task": task, "hosts": len(secs), "total_s": round(sum(secs), 3),
+                      "mean_s": round(sum(secs) / len(secs), 3), "max_s": round(max(secs), 3),
+                      "per_host_s": hosts})
+    tasks.sort(key=lambda t: t["total_s"], reverse=True)
+    return {
+        "wall_s": summary.get("duration_s"),
+        "rc": summary.get("rc"),
+        "tasks": summary.get("tasks"),
+        "host_results": len(rows),
+        "outcomes": dict(sorted(outcomes.items())),
+        "changed": [f"{r['host']}: {r['task']}" for r in rows if r["outcome"] == "changed"],
+        "per_host_s": {h: round(s, 1) for h, s in sorted(per_host.items())},
+        "per_task": tasks,
+    }
+
+
+def compare(sizes: list[dict]) -> dict:
+    """Ratios between the smallest and largest size, and each target against its figure."""
+    ok = [s for s in sizes if s["first"]["rc"] == 0 and s["noop"]["rc"] == 0]
+    out: dict = {"targets": []}
+    if not ok:
+        return out
+    small = min(ok, key=lambda s: s["hosts"])
+    big = max(ok, key=lambda s: s["hosts"])
+    share = small["noop"]["wall_s"] / small["first"]["wall_s"]
+    out["noop_share_of_first"] = round(share, 3)
+    out["targets"].append({"target": f"no-op re-run <= {NOOP_SHARE_MAX} x first run ({small['hosts']} hosts)",
+                           "value": round(share, 3), "met": share <= NOOP_SHARE_MAX})
+    out["targets"].append({"target": f"no-op re-run <= {NOOP_SECONDS_MAX:.0f} s ({small['hosts']} hosts)",
+                           "value": small["noop"]["wall_s"], "met": small["noop"]["wall_s"] <= NOOP_SECONDS_MAX})
+    if big is not small:
+        noop_ratio = big["noop"]["wall_s"] / small["noop"]["wall_s"]
+        out["scaling"] = {"from_hosts": small["hosts"], "to_hosts": big["hosts"],
+                          "first_run_ratio": round(big["first"]["wall_s"] / small["first"]["wall_s"], 3),
+                          "noop_ratio": round(noop_ratio, 3)}
+        target = f"no-op re-run, {big['hosts']} hosts <= {SCALING_MAX} x {small['hosts']} hosts"
+        out["targets"].append({"target": target,
+                               "value": round(noop_ratio, 3), "met": noop_ratio <= SCALING_MAX})
+    return out
+
+
+def table(result: dict, top: int = 8) -> str:
+    """The human-readable report of a bench result (the JSON holds everything)."""
+    lines = []
+    if result.get("sizes"):
+        lines.append(f"{'hosts':>5} {'shape':<28} {'lab up':>7} {'first run':>10} {'no-op':>7} {'tasks':>6} "
+                     f"{'host results':>12} {'no-op changed':>13}")
+        for s in result["sizes"]:
+            first, noop = s["first"], s["noop"]
+            lines.append(f"{s['hosts']:>5} {s['shape']:<28} {s['lab_up_s']:>6.0f}s {first['wall_s']:>9.0f}s "
+                         f"{noop['wall_s']:>6.0f}s {first['tasks']:>6} {first['host_results']:>12} "
+                         f"{len(noop['changed']):>13}")
+        for s in result["sizes"]:
+            for run in ("first", "noop"):
+                p = s[run]
+                what = "first run" if run == "first" else "no-op re-run"
+                lines.append(f"\nslowest tasks, {s['hosts']} hosts, {what} "
+                             "(seconds: all hosts together, mean and max per host)")
+                for t in p["per_task"][:top]:
+                    lines.append(f"  {t['total_s']:>7.1f} {t['mean_s']:>6.1f} {t['max_s']:>6.1f}  "
+                                 f"{t['task'][:70]}  [{t['hosts']} hosts]")
+    if result.get("levers"):
+        lines.append("\nlever (set back to Ansible's default)      no-op re-run   vs project")
+        base = result["levers"][0]["wall_s"]
+        for lev in result["levers"]:
+            lines.append(f"  {lev['lever']:<40} {lev['wall_s']:>8.1f} s   {lev['wall_s'] / base:>6.2f} x")
+    if result.get("facts"):
+        lines.append("\nfact gathering, every lab host (setup module)")
+        for subset, secs in result["facts"].items():
+            lines.append(f"  gather_subset={subset:<24} {secs:>6.1f} s")
+    comp = result.get("compare") or {}
+    if comp.get("scaling"):
+        sc = comp["scaling"]
+        lines.append(f"\nscaling {sc['from_hosts']} -> {sc['to_hosts']} hosts: first run x{sc['first_run_ratio']}, "
+                     f"no-op re-run x{sc['noop_ratio']}")
+    for t in comp.get("targets", []):
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']}")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    mem_kib = 0
+    cpu = ""
+    with contextlib.suppress(OSError):
+        mem_kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                        if ln.startswith("MemTotal:")), 0)
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def _run(root: Path, out_dir: Path, label: str, log, env: dict | None = None) -> tuple[int, dict]:
+    from .runner import run_playbook
+
+    log.write(f"\n=== {label}\n")
+    log.flush()
+    return run_playbook(root, "site.yml", str(root / "inventories" / "lab"), runs_dir=out_dir / "runs", out=log,
+                        env_overrides=env)
+
+
+def bench_size(root: Path, hosts: int, args, out_dir: Path, log) -> dict:
+    from .lab import Lab, Topology
+
+    gpu = hosts - args.lb_hosts
+    topo = Topology(gpu_hosts=gpu, groups=args.groups, lb_hosts=args.lb_hosts, distro=args.distro,
+                    serving_hosts=min(args.serving_hosts, gpu))
+    lab = Lab(root, topo)
+    print(f"[bench] {hosts} hosts: removing the running lab, bringing up a fresh one", flush=True)
+    lab.down()
+    t0 = time.monotonic()
+    lab.up()
+    lab_up = time.monotonic() - t0
+    results = {}
+    for run in ("first", "noop"):
+        print(f"[bench] {hosts} hosts: site.yml, {'first run' if run == 'first' else 'no-op re-run'} "
+              f"(progress in {log.name})", flush=True)
+        rc, summary = _run(root, out_dir, f"{hosts} hosts, {run}", log)
+        results[run] = profile(summary)
+        print(f"[bench] {hosts} hosts: {run} {summary['duration_s']:.0f} s, rc={rc}", flush=True)
+        if rc != 0:
+            results.setdefault("noop", profile({"duration_s": 0, "rc": None}))
+            break
+    serving = sum(len(v) for v in topo.serving_groups.values())
+    shape = f"{gpu} gpu ({serving} serving), {args.lb_hosts} lb"
+    return {"hosts": hosts, "shape": shape, "lab_up_s": round(lab_up, 1), **results}
+
+
+def bench_facts(root: Path) -> dict[str, float]:
+    """Wall time of the setup module on every lab host, per gather_subset (no cache: setup always runs)."""
+    out = {}
+    bindir = Path(sys.executable).parent
+    for subset in ("min", "min,virtual", "all"):
+        t0 = time.monotonic()
+        proc = subprocess.run([str(bindir / "ansible"), "all:!localhost", "-i", "inventories/lab", "-m", "setup",
+                               "-a", f"gather_subset={subset}"], cwd=root, capture_output=True, text=True,
+                              env={**os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg")})
+        if proc.returncode != 0:
+            raise RuntimeError(f"setup gather_subset={subset} failed: {proc.stderr[-500:] or proc.stdout[-500:]}")
+        out[subset] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def main(args, root: Path) -> int:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = (args.out or root / "runs" / f"bench-{stamp}").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"started": stamp, "machine": machine(), "sizes": []}
+    log_path = out_dir / "progress.log"
+    with log_path.open("w") as log:
+        if args.levers:
+            if not (root / "inventories" / "lab" / "hosts.yml").exists():
+                print("gpuforge: error: --levers measures the running lab; bring it up and provision it first "
+                      "(make lab)", file=sys.stderr)
+                return 2
+            result["levers"] = []
+            for name, env in LEVERS.items():
+                print(f"[bench] no-op re-run with {name}", flush=True)
+                rc, summary = _run(root, out_dir, f"lever: {name}", log, env)
+                p = profile(summary)
+                result["levers"].append({"lever": name, "env": env, "wall_s": p["wall_s"], "rc": rc,
+                                         "changed": len(p["changed"])})
+                print(f"[bench]   {p['wall_s']:.1f} s, rc={rc}", flush=True)
+            print("[bench] fact gathering per subset", flush=True)
+            result["facts"] = bench_facts(root)
+        else:
+            for hosts in args.sizes:
+                result["sizes"].append(bench_size(root, hosts, args, out_dir, log))
+            result["compare"] = compare(result["sizes"])
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    print("\n" + table(result))
+    print(f"\n[bench] JSON: {os.path.relpath(out_dir / 'bench.json')}; ansible progress: "
+          f"{os.path.relpath(log_path)}")
+    failed = [s["hosts"] for s in result["sizes"] if s["first"]["rc"] != 0 or s["noop"]["rc"] != 0]
+    failed += [lev["lever"] for lev in result.get("levers", []) if lev["rc"] != 0]
+    if failed:
+        print(f"[bench] runs failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
