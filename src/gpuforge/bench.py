@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -63,6 +64,8 @@ def profile(summary: dict) -> dict:
     return {
         "wall_s": summary.get("duration_s"),
         "rc": summary.get("rc"),
+        "controller_cpu_s": summary.get("controller_cpu_s"),
+        "hosts_cpu_s": summary.get("hosts_cpu_s"),
         "tasks": summary.get("tasks"),
         "host_results": len(rows),
         "outcomes": dict(sorted(outcomes.items())),
@@ -102,12 +105,12 @@ def table(result: dict, top: int = 8) -> str:
     lines = []
     if result.get("sizes"):
         lines.append(f"{'hosts':>5} {'shape':<28} {'lab up':>7} {'first run':>10} {'no-op':>7} {'tasks':>6} "
-                     f"{'host results':>12} {'no-op changed':>13}")
+                     f"{'host results':>12} {'no-op changed':>13}  no-op CPU s (controller/hosts)")
         for s in result["sizes"]:
             first, noop = s["first"], s["noop"]
             lines.append(f"{s['hosts']:>5} {s['shape']:<28} {s['lab_up_s']:>6.0f}s {first['wall_s']:>9.0f}s "
                          f"{noop['wall_s']:>6.0f}s {first['tasks']:>6} {first['host_results']:>12} "
-                         f"{len(noop['changed']):>13}")
+                         f"{len(noop['changed']):>13}  {noop.get('controller_cpu_s')}/{noop.get('hosts_cpu_s')}")
         for s in result["sizes"]:
             for run in ("first", "noop"):
                 p = s[run]
@@ -118,10 +121,12 @@ def table(result: dict, top: int = 8) -> str:
                     lines.append(f"  {t['total_s']:>7.1f} {t['mean_s']:>6.1f} {t['max_s']:>6.1f}  "
                                  f"{t['task'][:70]}  [{t['hosts']} hosts]")
     if result.get("levers"):
-        lines.append("\nlever (set back to Ansible's default)      no-op re-run   vs project")
+        lines.append("\nlever (set back to Ansible's default)      no-op re-run   vs project   "
+                     "CPU s (controller/hosts)")
         base = result["levers"][0]["wall_s"]
         for lev in result["levers"]:
-            lines.append(f"  {lev['lever']:<40} {lev['wall_s']:>8.1f} s   {lev['wall_s'] / base:>6.2f} x")
+            lines.append(f"  {lev['lever']:<40} {lev['wall_s']:>8.1f} s   {lev['wall_s'] / base:>6.2f} x   "
+                         f"{lev.get('controller_cpu_s')}/{lev.get('hosts_cpu_s')}")
     if result.get("facts"):
         lines.append("\nfact gathering, every lab host (setup module)")
         for subset, secs in result["facts"].items():
@@ -148,13 +153,34 @@ def machine() -> dict:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
+# Docker's containers' CPU time (cgroup v1 cpuacct, as on this project's machines); None where absent.
+DOCKER_CPUACCT = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
+
+
+def _hosts_cpu_s() -> float | None:
+    try:
+        return int(DOCKER_CPUACCT.read_text()) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def _run(root: Path, out_dir: Path, label: str, log, env: dict | None = None) -> tuple[int, dict]:
+    """site.yml on the lab, with the CPU it cost: the controller's (ansible-playbook and its ssh clients, a
+    child of this process) and the lab hosts' (every container, serving's idle load included)."""
     from .runner import run_playbook
 
     log.write(f"\n=== {label}\n")
     log.flush()
-    return run_playbook(root, "site.yml", str(root / "inventories" / "lab"), runs_dir=out_dir / "runs", out=log,
-                        env_overrides=env)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    hosts_before = _hosts_cpu_s()
+    rc, summary = run_playbook(root, "site.yml", str(root / "inventories" / "lab"), runs_dir=out_dir / "runs",
+                               out=log, env_overrides=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    hosts_after = _hosts_cpu_s()
+    summary["controller_cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    summary["hosts_cpu_s"] = (round(hosts_after - hosts_before, 1)
+                              if hosts_before is not None and hosts_after is not None else None)
+    return rc, summary
 
 
 def bench_size(root: Path, hosts: int, args, out_dir: Path, log) -> dict:
@@ -226,7 +252,8 @@ def main(args, root: Path) -> int:
                 rc, summary = _run(root, out_dir, f"lever: {name}", log, env)
                 p = profile(summary)
                 result["levers"].append({"lever": name, "env": env, "wall_s": p["wall_s"], "rc": rc,
-                                         "changed": len(p["changed"])})
+                                         "changed": len(p["changed"]), "controller_cpu_s": p["controller_cpu_s"],
+                                         "hosts_cpu_s": p["hosts_cpu_s"]})
                 print(f"[bench]   {p['wall_s']:.1f} s, rc={rc}", flush=True)
             print("[bench] fact gathering per subset", flush=True)
             result["facts"] = bench_facts(root)
