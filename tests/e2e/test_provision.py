@@ -28,8 +28,11 @@ def test_second_run_changes_nothing(lab, first_run, tmp_path):
     print(f"no-op site.yml run: {summary['duration_s']} s")
     assert rc == 0, summary["failures"]
     changed = {h: s.get("changed", 0) for h, s in summary["hosts"].items() if s.get("changed")}
-    changed_tasks = [t for t in summary["task_times"] if t.get("changed")]
+    # Each host and task that reported a change, so a failure names what is not idempotent.
+    changed_tasks = [f"{r['host']}: {r['play']} / {r['task']}" for r in summary["host_results"]
+                     if r["outcome"] == "changed"]
     assert changed == {}, changed_tasks
+    assert changed_tasks == []
 
 
 def test_check_mode_changes_nothing(lab, first_run, tmp_path):
