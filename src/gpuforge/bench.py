@@ -186,6 +186,7 @@ def _run(root: Path, out_dir: Path, label: str, log, env: dict | None = None) ->
 
 
 def bench_size(root: Path, hosts: int, args, out_dir: Path, log) -> dict:
+    from . import host
     from .lab import Lab, Topology
 
     gpu = hosts - args.lb_hosts
@@ -193,6 +194,7 @@ def bench_size(root: Path, hosts: int, args, out_dir: Path, log) -> dict:
                     serving_hosts=min(args.serving_hosts, gpu))
     lab = Lab(root, topo)
     print(f"[bench] {hosts} hosts: removing the running lab, bringing up a fresh one", flush=True)
+    host.ensure_docker()  # removing the old lab needs the engine, which a fresh machine has not started
     lab.down()
     t0 = time.monotonic()
     lab.up()

@@ -1,0 +1,161 @@
+"""config_files and apt_present, the two action plugins a no-op re-run leans on, run by ansible-playbook on
+localhost against files in a temporary directory (config_files) and this machine's dpkg (apt_present)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+
+def _load(kind, name):
+    """Action plugins and modules share names; load each by path, as Ansible's loader does."""
+    spec = importlib.util.spec_from_file_location(f"gpuforge_{kind}_{name}", ROOT / "plugins" / kind / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+apt_present = _load("action", "apt_present")
+config_files = _load("modules", "config_files")
+
+
+def play(tmp_path, tasks, check=False, extra_vars=None):
+    """Run tasks on localhost; returns each task's result, by task name."""
+    (tmp_path / "templates").mkdir(exist_ok=True)
+    book = tmp_path / "play.yml"
+    book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {**t, "register": f"r{i}"} for i, t in enumerate(tasks)
+    ] + [{"name": "dump", "ansible.builtin.copy": {
+        "content": "{{ {" + ", ".join(f"'{t['name']}': r{i}" for i, t in enumerate(tasks)) + "} | to_json }}",
+        "dest": str(tmp_path / "results.json")}, "check_mode": False}]}]))
+    ansible = str(Path(sys.executable).parent / "ansible-playbook")
+    # The controller's own Python runs the modules (a pyenv shim found by discovery may not).
+    cmd = [ansible, "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+           str(book)] + (["--check"] if check else [])
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path,
+                         env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin",
+                              "HOME": str(tmp_path), "ANSIBLE_LOCALHOST_WARNING": "false",
+                              "ANSIBLE_FACT_CACHING": "memory"})
+    return out, (json.loads((tmp_path / "results.json").read_text()) if out.returncode == 0 else None)
+
+
+def files_task(tmp_path, **kw):
+    return {"name": "files", "config_files": {
+        "mode": "0640",
+        "directory_mode": "0750",
+        "files": [
+            {"dest": str(tmp_path / "etc"), "state": "directory"},
+            {"src": "app.conf.j2", "dest": str(tmp_path / "etc" / "app.conf")},
+            {"content": "literal\n", "dest": str(tmp_path / "etc" / "literal"), "mode": "0600"},
+            {"dest": str(tmp_path / "stale"), "state": "absent"},
+        ], **kw}}
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "app.conf.j2").write_text("{{ ansible_managed | comment }}\nvalue={{ value }}\n")
+    (tmp_path / "stale").write_text("old\n")
+    return tmp_path
+
+
+def test_first_run_writes_everything_and_the_second_changes_nothing(tree):
+    out, res = play(tree, [files_task(tree)], extra_vars={"value": 1})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["files"]["changed"] is True
+    assert [r["changed"] for r in res["files"]["results"]] == [True, True, True, True]
+    assert (tree / "etc" / "app.conf").read_text().endswith("value=1\n")
+    assert "Ansible managed" in (tree / "etc" / "app.conf").read_text()
+    assert oct((tree / "etc").stat().st_mode & 0o7777) == "0o750"
+    assert oct((tree / "etc" / "app.conf").stat().st_mode & 0o7777) == "0o640"
+    assert oct((tree / "etc" / "literal").stat().st_mode & 0o7777) == "0o600"
+    assert not (tree / "stale").exists()
+
+    out, res = play(tree, [files_task(tree)], extra_vars={"value": 1})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["files"]["changed"] is False
+    assert [r["changed"] for r in res["files"]["results"]] == [False] * 4
+
+
+def test_drift_in_content_or_mode_is_repaired_and_only_that_entry_changes(tree):
+    play(tree, [files_task(tree)], extra_vars={"value": 1})
+    (tree / "etc" / "literal").chmod(0o644)
+    out, res = play(tree, [files_task(tree)], extra_vars={"value": 2})
+    assert out.returncode == 0, out.stdout + out.stderr
+    changed = {Path(r["dest"]).name: r.get("reason") for r in res["files"]["results"] if r["changed"]}
+    assert changed == {"app.conf": "content differs", "literal": "mode is 0644, not 0600"}
+    assert (tree / "etc" / "app.conf").read_text().endswith("value=2\n")
+    assert oct((tree / "etc" / "literal").stat().st_mode & 0o7777) == "0o600"
+
+
+def test_check_mode_reports_the_change_and_writes_nothing(tree):
+    out, res = play(tree, [files_task(tree)], check=True, extra_vars={"value": 1})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["files"]["changed"] is True
+    assert not (tree / "etc").exists() and (tree / "stale").exists()
+
+
+def test_a_failing_validate_fails_the_task_and_leaves_the_file(tree):
+    task = {"name": "files", "config_files": {"files": [
+        {"content": "new\n", "dest": str(tree / "stale"), "validate": "false %s"}]}}
+    out, _ = play(tree, [task])
+    assert out.returncode != 0
+    assert "config_files: " + str(tree / "stale") in out.stdout
+    assert (tree / "stale").read_text() == "old\n"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"src": "a.j2", "content": "x", "dest": "/tmp/x"}, "exactly one of src, content"),
+    ({"src": "a.j2"}, "needs a dest"),
+    ({"dest": "/tmp/x", "state": "link"}, "state may only be"),
+])
+def test_bad_entries_are_refused_before_anything_runs(tmp_path, entry, message):
+    out, _ = play(tmp_path, [{"name": "files", "config_files": {"files": [entry]}}])
+    assert out.returncode != 0 and message in out.stdout
+
+
+def test_the_module_judges_owner_group_mode_type_and_content(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    f.chmod(0o600)
+    me = {"owner": str(os.getuid()), "group": str(os.getgid())}
+    sha = "11f6ad8ec52a2984abaafd7c3b516503785c2072"  # sha1 of "x"
+    assert config_files.differs({"path": str(f), "checksum": sha, "mode": "0600", **me}) is None
+    assert config_files.differs({"path": str(f), "checksum": sha, "mode": "0644"}) == "mode is 0600, not 0644"
+    assert config_files.differs({"path": str(f), "checksum": "0" * 40}) == "content differs"
+    assert config_files.differs({"path": str(f), "owner": str(os.getuid() + 1)}).startswith("owner is uid")
+    assert config_files.differs({"path": str(f), "state": "directory"}) == "not a directory"
+    assert config_files.differs({"path": str(tmp_path), "state": "absent"}) == "present"
+    assert config_files.differs({"path": str(tmp_path / "none"), "state": "absent"}) is None
+    assert config_files.differs({"path": str(tmp_path / "none")}) == "absent"
+
+
+def test_apt_present_judges_names_versions_and_wildcards():
+    dpkg = ["cuda-toolkit-12-4\t12.4.1-1\thi ", "nccl\t2.21.5-1\tii ", "half\t1.0\tiU ", "gone\t1.0\trc ",
+            "broken\t1.0\tiiR"]
+    assert apt_present.satisfied(["cuda-toolkit-12-4=12.4.*", "nccl=2.21.5-1"], dpkg) == (True, [])
+    assert apt_present.satisfied(["nccl=2.22.3-1"], dpkg) == (False, ["nccl=2.22.3-1"])
+    assert apt_present.satisfied(["half", "gone", "absent", "broken"], dpkg) == (
+        False, ["half", "gone", "absent", "broken"])
+    assert apt_present.names_of({"name": "a, b=1.0"}) == ["a", "b=1.0"]
+    # What only apt can judge goes to apt.
+    for args in ({"name": "a", "state": "latest"}, {"name": "a", "upgrade": "dist"}, {"deb": "/x.deb"},
+                 {"name": "a>=1.0"}, {"name": "a:i386"}, {"name": "a", "autoremove": True}, {"update_cache": True}):
+        assert apt_present.names_of(args) is None, args
+
+
+def test_apt_present_leaves_apt_alone_for_installed_packages(tmp_path):
+    """On this machine (Debian): dpkg is installed, so apt's module (absent from the venv's Python) never runs."""
+    if subprocess.run(["dpkg-query", "-W", "dpkg"], capture_output=True).returncode != 0:
+        pytest.skip("this machine has no dpkg")
+    out, res = play(tmp_path, [{"name": "pkgs", "apt_present": {"name": ["dpkg", "coreutils"], "update_cache": True}}])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["pkgs"]["changed"] is False and res["pkgs"]["packages"] == ["dpkg", "coreutils"]
