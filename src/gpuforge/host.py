@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 APT_CACHE_PORT = 3149
@@ -137,6 +139,26 @@ def ensure_apt_cache(bind_addresses: list[str]) -> str:
             return str(APT_CACHE_PORT)
         time.sleep(0.5)
     raise HostError(f"apt-cacher-ng did not start; see {APT_CACHE_STATE}/log")
+
+
+def warm_apt_cache(proxy: str, suites: list[str]) -> None:
+    """Fetch the suites' release files through the apt cache, one request at a time.
+
+    Hosts that start together ask apt-cacher-ng for the same InRelease at the same moment. When the cached
+    copy is older than the mirror's, apt-cacher-ng replaces it, and concurrent replacements of one file
+    collide ("Failure to move file ... out of the way", its error log): one host's apt then waited without
+    end (seen twice: a CI run and a bench run stalled ~30 min at the first package install). Refreshed here
+    first, the hosts' requests find the copy current and nothing is replaced under them.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    for suite in suites:
+        for base, dist in (("debian", suite), ("debian", f"{suite}-updates"), ("debian-security", f"{suite}-security")):
+            url = f"http://deb.debian.org/{base}/dists/{dist}/InRelease"
+            try:
+                with opener.open(url, timeout=120) as resp:
+                    resp.read()
+            except (OSError, urllib.error.URLError) as e:
+                say(f"warning: could not refresh {url} through the apt cache ({e}); hosts will fetch it themselves")
 
 
 def stop_apt_cache() -> None:

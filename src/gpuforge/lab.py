@@ -176,6 +176,7 @@ class Lab:
         tags = {}
         for key in distros or sorted(images.DISTROS):
             tags[key] = images.ensure_image(images.DISTROS[key], local_proxy)
+        host.warm_apt_cache(local_proxy, [images.DISTROS[key].suite for key in distros or sorted(images.DISTROS)])
         return tags
 
     def _ensure_key(self) -> None:
