@@ -65,7 +65,7 @@ def test_readiness_check_is_a_completion(host):
     assert "http-check send meth POST uri /v1/completions " in text
     assert "hdr Content-Type application/json" in text
     assert "http-check expect status 200" in text
-    assert "default-server check inter 5s rise 1 fall 2" in text
+    assert "default-server check inter 5s fastinter 2s downinter 5s rise 1 fall 2" in text
     assert "uri /health" not in text  # vLLM's /health answers before the engine can serve
     assert "balance leastconn" in text
     assert "option forwardfor" in text
