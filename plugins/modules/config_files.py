@@ -86,20 +86,17 @@ def _sha1(path: str) -> str:
 
 
 def _ids_match(st: os.stat_result, owner: str | None, group: str | None) -> str | None:
-    if owner is not None:
+    checks = (("owner", owner, "uid", st.st_uid, lambda n: pwd.getpwnam(n).pw_uid),
+              ("group", group, "gid", st.st_gid, lambda n: grp.getgrnam(n).gr_gid))
+    for what, name, kind, have, lookup in checks:
+        if name is None:
+            continue
         try:
-            want = int(owner) if str(owner).isdigit() else pwd.getpwnam(owner).pw_uid
+            want = int(name) if str(name).isdigit() else lookup(name)
         except KeyError:
-            return f"owner {owner} does not exist"
-        if st.st_uid != want:
-            return f"owner is uid {st.st_uid}, not {owner}"
-    if group is not None:
-        try:
-            want = int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            return f"group {group} does not exist"
-        if st.st_gid != want:
-            return f"group is gid {st.st_gid}, not {group}"
+            return f"{what} {name} does not exist"
+        if have != want:
+            return f"{what} is {kind} {have}, not {name}"
     return None
 
 
