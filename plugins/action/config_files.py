@@ -10,7 +10,9 @@ ends), so a file moved from a `template` task to `config_files` renders byte for
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
 import shutil
 import tempfile
 
@@ -24,6 +26,9 @@ from ansible.template import trust_as_template
 _DEFAULT_KEYS = ("owner", "group", "mode", "directory_mode")
 # Keys that are this plugin's, not copy's or file's.
 _OWN_KEYS = ("src", "content", "state")
+# Runs the module file's check() on the host with the entries, both read from stdin (docs/decisions.md).
+_CHECK_SCRIPT = ("import json, sys; d = json.load(sys.stdin); g = {'__name__': 'config_files_check'}; "
+                 "exec(compile(d['code'], 'config_files.py', 'exec'), g); print(json.dumps(g['check'](d['files'])))")
 
 
 class ActionModule(ActionBase):
@@ -64,6 +69,32 @@ class ActionModule(ActionBase):
                 entry["mode"] = str(entry["mode"])
             entries.append(entry)
         return entries
+
+    def _host_python(self, task_vars: dict) -> str | None:
+        """The host's Python when this run already knows it (set, or discovered by an earlier module run)."""
+        python = task_vars.get("ansible_python_interpreter")
+        if not python or str(python).startswith("auto"):
+            python = (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
+        return str(python) if python else None
+
+    def _check(self, check: list[dict], task_vars: dict) -> dict:
+        """Which entries differ on the host: the module file's check() as a plain script when the host's Python is
+        known (one remote command, no AnsiballZ), else the module (which also discovers the interpreter)."""
+        python = self._host_python(task_vars)
+        if python is None:
+            return {**self._execute_module(module_name="ansible.legacy.config_files", module_args={"files": check},
+                                           task_vars=task_vars), "checked_by": "module"}
+        path = self._shared_loader_obj.module_loader.find_plugin("ansible.legacy.config_files")
+        with open(path, encoding="utf-8") as handle:
+            payload = json.dumps({"code": handle.read(), "files": check})
+        out = self._low_level_execute_command(f"{shlex.quote(python)} -c {shlex.quote(_CHECK_SCRIPT)}",
+                                              sudoable=True, in_data=payload.encode())
+        try:
+            if out.get("rc") != 0:
+                raise ValueError(f"rc={out.get('rc')}")
+            return {"results": json.loads(out.get("stdout") or ""), "checked_by": python}
+        except ValueError as e:
+            return {"failed": True, "msg": f"{python} on the host: {e}: {(out.get('stderr') or '').strip()[-500:]}"}
 
     def _render(self, src: str, dest: str, task_vars: dict) -> bytes:
         """Render one template as ansible-core's template action does."""
@@ -117,11 +148,11 @@ class ActionModule(ActionBase):
                       "checksum": hashlib.sha1(data[e["dest"]]).hexdigest() if e["dest"] in data else None,
                       **{k: e[k] for k in ("owner", "group", "mode") if e.get(k) is not None}}
                      for e in entries]
-            state = self._execute_module(module_name="ansible.legacy.config_files", module_args={"files": check},
-                                         task_vars=task_vars)
+            state = self._check(check, task_vars)
             if state.get("failed"):
                 result.update(failed=True, msg=f"config_files: checking the entries failed: {state.get('msg')}")
                 return result
+            result["checked_by"] = state["checked_by"]
             reasons = {r["dest"]: r.get("reason") for r in state.get("results", [])}
             results, diffs, failures = [], [], []
             local_dir = tempfile.mkdtemp(dir=C.DEFAULT_LOCAL_TMP)

@@ -85,6 +85,22 @@ def test_first_run_writes_everything_and_the_second_changes_nothing(tree):
     assert [r["changed"] for r in res["files"]["results"]] == [False] * 4
 
 
+def test_the_check_runs_as_a_script_where_the_python_is_known_and_as_the_module_where_not(tree):
+    out, res = play(tree, [files_task(tree)], extra_vars={"value": 1})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["files"]["checked_by"] == sys.executable  # the plain script, no AnsiballZ
+    # With discovery asked for and no earlier module run, the module runs (and discovers the interpreter).
+    out, res = play(tree, [files_task(tree)], extra_vars={"value": 1, "ansible_python_interpreter": "auto_silent"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["files"]["checked_by"] == "module" and res["files"]["changed"] is False
+
+
+def test_a_python_the_host_lacks_fails_with_its_path(tree):
+    out, _ = play(tree, [files_task(tree)], extra_vars={"value": 1, "ansible_python_interpreter": "/nonexistent/py"})
+    assert out.returncode != 0
+    assert "config_files: checking the entries failed: /nonexistent/py on the host: rc=127" in out.stdout
+
+
 def test_drift_in_content_or_mode_is_repaired_and_only_that_entry_changes(tree):
     play(tree, [files_task(tree)], extra_vars={"value": 1})
     (tree / "etc" / "literal").chmod(0o644)
