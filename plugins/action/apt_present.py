@@ -5,9 +5,12 @@ they already are.
 apt's module opens the whole package cache (python3-apt parses every package list) even when nothing is to be
 done: 1-2 s of a host's CPU per task on every re-run. This action asks dpkg first, in one shell command over the
 connection (no Python on the host): when every package is installed ("ii", or "hi" when held) at the version asked (exact, or an
-apt-style `*` wildcard), the task is ok without running apt. Otherwise, or for anything the fast path cannot
-judge (state other than present, deb files, upgrades, virtual or arch-qualified names, version operators), it
-runs ansible.builtin.apt with the same arguments.
+apt-style `*` wildcard), the task is ok without running apt. `state: latest` (plain names only) is judged by
+`apt-cache policy` as well: every package installed at its candidate version, and the lists younger than
+`cache_valid_time` (measured as apt's module measures it), since a refresh could bring a newer candidate.
+Otherwise, or for anything the fast path cannot judge (other states, deb files, upgrades, virtual or
+arch-qualified names, version operators, `update_cache` without `cache_valid_time` under `latest`), it runs
+ansible.builtin.apt with the same arguments.
 
 It also owns the lists' freshness: apt judges `cache_valid_time` by the lists directory's age, and a fresh image
 has no lists at all, so when no `*_Packages` list exists the refresh is forced (cache_valid_time 0).
@@ -26,6 +29,10 @@ from ansible.plugins.action import ActionBase
 _APT_ONLY = ("deb", "upgrade", "autoremove", "autoclean", "clean", "purge", "only_upgrade")
 _NAME = re.compile(r"^(?P<name>[a-z0-9][a-z0-9+.-]*)(?:=(?P<version>[A-Za-z0-9.+~:*-]+))?$")
 _LISTS_MARK = "gpuforge-apt-lists="
+_AGE_MARK = "gpuforge-apt-age="
+# apt's module judges the lists' age by this stamp when it exists, else by the lists directory.
+_LISTS_AGE = ("echo " + _AGE_MARK + "$(( $(date +%s) - $(stat -c %Y /var/lib/apt/periodic/update-success-stamp "
+              "2>/dev/null || stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0) ))")
 
 
 def satisfied(wanted: list[str], dpkg_lines: list[str]) -> tuple[bool, list[str]]:
@@ -46,10 +53,35 @@ def satisfied(wanted: list[str], dpkg_lines: list[str]) -> tuple[bool, list[str]
     return not missing, missing
 
 
+def at_candidate(wanted: list[str], policy: str) -> tuple[bool, list[str]]:
+    """Whether `apt-cache policy` shows every wanted package installed at its candidate; the names that are not."""
+    versions: dict[str, dict[str, str]] = {}
+    current = None
+    for line in policy.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = versions.setdefault(line[:-1], {})
+        elif current is not None and line.strip().startswith(("Installed:", "Candidate:")):
+            key, _, value = line.strip().partition(":")
+            current[key] = value.strip()
+    behind = [n for n in wanted
+              if versions.get(n, {}).get("Installed", "(none)") in ("(none)", "")
+              or versions[n]["Installed"] != versions[n].get("Candidate")]
+    return not behind, behind
+
+
+def lists_fresh(age: str, valid: int) -> bool:
+    """Whether apt's module would leave the lists alone: no cache_valid_time, or lists younger than it."""
+    return not valid or (age.lstrip("-").isdigit() and int(age) <= valid)
+
+
 def names_of(args: dict) -> list[str] | None:
     """The package specs when the fast path can judge the task, else None."""
-    if args.get("state", "present") not in (None, "present"):
+    state = args.get("state", "present")
+    if state not in (None, "present", "latest"):
         return None
+    if state == "latest" and boolean(args.get("update_cache", False), strict=False) \
+            and not args.get("cache_valid_time"):
+        return None  # apt refreshes the lists every time, which may bring a newer candidate
     if any(args.get(k) not in (None, False, "no") for k in _APT_ONLY):
         return None
     names = args.get("name", args.get("pkg", args.get("package")))
@@ -59,6 +91,8 @@ def names_of(args: dict) -> list[str] | None:
         names = [n.strip() for n in names.split(",")]
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names or not all(_NAME.match(n) for n in names):
+        return None
+    if state == "latest" and any(_NAME.match(n).group("version") for n in names):
         return None
     return names
 
@@ -71,18 +105,28 @@ class ActionModule(ActionBase):
         del tmp
         args = dict(self._task.args)
         names = names_of(args)
+        latest = args.get("state") == "latest"
         query = ""
         if names:
             specs = " ".join(shlex.quote(_NAME.match(n).group("name")) for n in names)
             query = f"dpkg-query -W -f='${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' -- {specs} 2>/dev/null; "
+            if latest:
+                query += f"LANG=C apt-cache policy -- {specs} 2>/dev/null; {_LISTS_AGE}; "
         probe = self._low_level_execute_command(
             f"{query}echo {_LISTS_MARK}$(ls /var/lib/apt/lists 2>/dev/null | grep -c '_Packages$')", sudoable=False)
-        lines = (probe.get("stdout") or "").splitlines()
+        stdout = probe.get("stdout") or ""
+        lines = stdout.splitlines()
         lists = next((ln[len(_LISTS_MARK):] for ln in lines if ln.startswith(_LISTS_MARK)), None)
         if names and lists is not None:
             ok, missing = satisfied(names, lines)
+            if ok and latest:
+                ok, missing = at_candidate(names, stdout)
+                age = next((ln[len(_AGE_MARK):] for ln in lines if ln.startswith(_AGE_MARK)), "")
+                if ok and not lists_fresh(age, int(args.get("cache_valid_time") or 0)):
+                    ok = False  # apt would refresh the lists first, and a newer candidate may come with them
             if ok:
-                result.update(changed=False, msg=f"installed: {', '.join(names)}", packages=names)
+                state = "installed at the candidate version" if latest else "installed"
+                result.update(changed=False, msg=f"{state}: {', '.join(names)}", packages=names)
                 return result
             result["missing"] = missing
         if boolean(args.get("update_cache", False), strict=False) and lists == "0":

@@ -163,9 +163,55 @@ def test_apt_present_judges_names_versions_and_wildcards():
         False, ["half", "gone", "absent", "broken"])
     assert apt_present.names_of({"name": "a, b=1.0"}) == ["a", "b=1.0"]
     # What only apt can judge goes to apt.
-    for args in ({"name": "a", "state": "latest"}, {"name": "a", "upgrade": "dist"}, {"deb": "/x.deb"},
+    assert apt_present.names_of({"name": ["a", "b"], "state": "latest", "cache_valid_time": 3600}) == ["a", "b"]
+    for args in ({"name": "a=1.0", "state": "latest"}, {"name": "a", "state": "latest", "update_cache": True},
+                 {"name": "a", "state": "absent"}, {"name": "a", "upgrade": "dist"}, {"deb": "/x.deb"},
                  {"name": "a>=1.0"}, {"name": "a:i386"}, {"name": "a", "autoremove": True}, {"update_cache": True}):
         assert apt_present.names_of(args) is None, args
+
+
+POLICY = """nvidia-driver:
+  Installed: 535.261.03-1
+  Candidate: 535.261.03-1
+  Version table:
+ *** 535.261.03-1 1001
+        500 http://deb.debian.org/debian bookworm/non-free amd64 Packages
+firmware-nvidia-gsp:
+  Installed: 535.216.01-1
+  Candidate: 535.261.03-1
+nvidia-smi:
+  Installed: (none)
+  Candidate: 535.261.03-1
+"""
+
+
+def test_apt_present_latest_needs_every_package_at_its_candidate():
+    assert apt_present.at_candidate(["nvidia-driver"], POLICY) == (True, [])
+    assert apt_present.at_candidate(["nvidia-driver", "firmware-nvidia-gsp", "nvidia-smi", "unknown"], POLICY) == (
+        False, ["firmware-nvidia-gsp", "nvidia-smi", "unknown"])
+    assert apt_present.lists_fresh("120", 3600) and apt_present.lists_fresh("", 0)
+    assert not apt_present.lists_fresh("7200", 3600) and not apt_present.lists_fresh("", 3600)
+
+
+def _at_candidate_here(names):
+    """Packages this machine has at their candidate version (apt's module must not run here: it is absent from the
+    venv's Python and would try to install python3-apt)."""
+    out = subprocess.run(["apt-cache", "policy", "--", *names], capture_output=True, text=True,
+                         env={"LANG": "C", "PATH": "/usr/bin:/bin"})
+    return [n for n in names if apt_present.at_candidate([n], out.stdout)[0]] if out.returncode == 0 else []
+
+
+def test_apt_present_latest_leaves_apt_alone_when_installed_at_the_candidate_and_the_lists_are_fresh(tmp_path):
+    if subprocess.run(["dpkg-query", "-W", "dpkg"], capture_output=True).returncode != 0:
+        pytest.skip("this machine has no dpkg")
+    names = _at_candidate_here(["coreutils", "bash", "grep", "tar", "sed", "gzip"])[:2]
+    if not names:
+        pytest.skip("no package of this machine is at its candidate version")
+    task = {"name": "pkgs", "apt_present": {"name": names, "state": "latest", "cache_valid_time": 10**9}}
+    out, res = play(tmp_path, [task])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert res["pkgs"]["changed"] is False
+    assert res["pkgs"]["msg"] == "installed at the candidate version: " + ", ".join(names)
 
 
 def test_apt_present_leaves_apt_alone_for_installed_packages(tmp_path):
