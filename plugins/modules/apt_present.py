@@ -14,9 +14,12 @@ description:
     every package in I(name) is installed at the version asked (C(name=version), exact or with apt's C(*)
     wildcard). When it is, the task is ok and apt's module does not run (it would open the whole package cache,
     1-2 s of a host's CPU, to find nothing to do).
-  - Otherwise, and for anything the fast path cannot judge (I(state) other than C(present), I(deb), I(upgrade),
-    I(autoremove), I(purge), virtual or arch-qualified names, version operators), it runs ansible.builtin.apt with
-    the same arguments.
+  - With I(state=latest) (plain names), the same command also asks C(apt-cache policy): every package installed
+    at its candidate version, with package lists younger than I(cache_valid_time) (measured as apt's module does, by
+    the update-success stamp, else the lists directory), is what apt would find too, and apt does not run.
+  - Otherwise, and for anything the fast path cannot judge (I(state) other than C(present) or C(latest), I(deb),
+    I(upgrade), I(autoremove), I(purge), virtual or arch-qualified names, version operators, I(update_cache)
+    without I(cache_valid_time) under C(latest)), it runs ansible.builtin.apt with the same arguments.
   - With I(update_cache), a host without any downloaded package list (a fresh image) refreshes regardless of
     I(cache_valid_time) (apt judges freshness by the lists directory's age, which a fresh image also has).
 options:
