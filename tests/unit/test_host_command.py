@@ -56,3 +56,28 @@ def test_bad_arguments_are_refused(args, message):
 def test_the_task_environment_is_refused_not_ignored(tmp_path):
     out, _ = play(tmp_path, [{"name": "env", "host_command": {"argv": ["true"]}, "environment": {"A": "1"}}])
     assert out.returncode != 0 and "does not apply the task's environment" in out.stdout
+
+
+_spec = importlib.util.spec_from_file_location("gpuforge_action_systemd_unit", ROOT / "plugins/action/systemd_unit.py")
+systemd_unit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(systemd_unit)
+
+
+def _show(load="loaded", unit_file="enabled", active="active"):
+    return f"LoadState={load}\nUnitFileState={unit_file}\nActiveState={active}\n"
+
+
+def test_systemd_unit_judges_enabled_and_started_from_systemctl_show():
+    assert systemd_unit.in_place({"name": "chrony", "enabled": True}, _show()) is True
+    assert systemd_unit.in_place({"name": "chrony", "enabled": True, "state": "started"}, _show()) is True
+    assert systemd_unit.in_place({"name": "x", "enabled": False, "state": "stopped"},
+                                 _show(unit_file="disabled", active="failed")) is True
+    assert systemd_unit.in_place({"name": "x", "enabled": "yes"}, _show(unit_file="disabled")) is False
+    assert systemd_unit.in_place({"name": "x", "state": "started"}, _show(active="activating")) is False
+    assert systemd_unit.in_place({"name": "x", "state": "stopped"}, _show(active="active")) is False
+    assert systemd_unit.in_place({"name": "x", "enabled": True}, _show(load="not-found")) is False
+    # static/indirect units, restarts, reloads and other options are systemd_service's to judge
+    assert systemd_unit.in_place({"name": "x", "enabled": True}, _show(unit_file="static")) is False
+    for args in ({"name": "x", "state": "restarted"}, {"name": "x", "enabled": True, "daemon_reload": True},
+                 {"name": "x", "masked": False}, {"name": "x"}, {"enabled": True}):
+        assert systemd_unit.in_place(args, _show()) is None, args
