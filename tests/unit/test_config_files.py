@@ -43,7 +43,7 @@ def play(tmp_path, tasks, check=False, extra_vars=None):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path,
                          env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin",
                               "HOME": str(tmp_path), "ANSIBLE_LOCALHOST_WARNING": "false",
-                              "ANSIBLE_FACT_CACHING": "memory"})
+                              "ANSIBLE_CACHE_PLUGIN": "memory"})
     return out, (json.loads((tmp_path / "results.json").read_text()) if out.returncode == 0 else None)
 
 
