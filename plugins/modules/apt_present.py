@@ -14,7 +14,7 @@ description:
     every package in I(name) is installed at the version asked (C(name=version), exact or with apt's C(*)
     wildcard). When it is, the task is ok and apt's module does not run (it would open the whole package cache,
     1-2 s of a host's CPU, to find nothing to do).
-  - With I(state=latest) (plain names), the same command also asks C(apt-cache policy): every package installed
+  - With I(state=latest) (plain names), the same command also asks C(apt-cache policy); every package installed
     at its candidate version, with package lists younger than I(cache_valid_time) (measured as apt's module does, by
     the update-success stamp, else the lists directory), is what apt would find too, and apt does not run.
   - Otherwise, and for anything the fast path cannot judge (I(state) other than C(present) or C(latest), I(deb),

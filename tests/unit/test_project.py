@@ -50,6 +50,22 @@ def test_every_role_has_its_interface_documented():
         assert all(v.startswith(f"{role.name}_") for v in defaults)
 
 
+def test_every_module_documents_itself():
+    """ansible-doc and ansible-lint read DOCUMENTATION as YAML; a stray ': ' in a plain line breaks it silently
+    (ansible-lint only logs it), so parse each one here."""
+    import ast
+
+    for path in sorted((ROOT / "plugins/modules").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docs = {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name) and t.id in ("DOCUMENTATION", "RETURN")}
+        assert "DOCUMENTATION" in docs, f"{path.name}: no DOCUMENTATION"
+        for name, text in docs.items():
+            parsed = yaml.safe_load(text)
+            assert isinstance(parsed, dict), f"{path.name}: {name} is not a YAML mapping"
+        assert yaml.safe_load(docs["DOCUMENTATION"])["module"] == path.stem
+
+
 def test_provision_with_missing_inventory_fails_clearly(capsys):
     assert main(["provision", "-i", "/nonexistent/inventory"]) == 2
     assert "inventory /nonexistent/inventory does not exist" in capsys.readouterr().err
