@@ -89,3 +89,29 @@ def test_cli_parses_upgrade_drivers_flags():
         "inventories/lab", "535.309.01-0+deb12u1", 2, True)
     defaults = build_parser().parse_args(["upgrade-drivers", "-i", "inv", "--version", "1"])
     assert (defaults.max_unavailable, defaults.accept_downtime, defaults.limit) == (1, False, None)
+
+
+def test_every_fact_the_project_reads_is_one_preflight_keeps():
+    """Preflight gathers only the facts listed in its `filter` (docs/decisions.md, Performance); a role that
+    reads another one would find it undefined on a full run. The project's own facts modules (gpuforge_gpu,
+    gpuforge_ib) and service_facts (gathered where it is read) set theirs themselves."""
+    import fnmatch
+    import re
+
+    tasks = yaml.safe_load((ROOT / "playbooks/preflight.yml").read_text())[1]["tasks"]
+    gather = next(t for t in tasks if "ansible.builtin.gather_facts" in t)["ansible.builtin.gather_facts"]
+    kept = gather["filter"]
+    own = {"gpuforge_gpu", "gpuforge_ib", "services"}
+    pattern = re.compile(r"ansible_facts(?:\.([a-z_0-9]+)|\[['\"]([a-z_0-9]+)['\"]\])")
+    read = {}
+    sources = [p for d in ("roles", "playbooks") for p in (ROOT / d).rglob("*") if p.suffix in (".yml", ".j2")]
+    for path in sources:
+        for m in pattern.finditer(path.read_text()):
+            read.setdefault(m.group(1) or m.group(2), str(path.relative_to(ROOT)))
+    for path in (ROOT / "plugins/filter").glob("*.py"):
+        for m in re.finditer(r"(?:facts|\"ansible_facts\"\) or \{\}\))\.get\(\"([a-z_0-9]+)\"\)", path.read_text()):
+            read.setdefault(m.group(1), str(path.relative_to(ROOT)))
+    assert {"distribution", "virtualization_type", "interfaces", "python"} <= set(read)  # the scan finds them
+    missing = {name: where for name, where in read.items()
+               if name not in own and not any(fnmatch.fnmatch(f"ansible_{name}", k) for k in kept)}
+    assert not missing, f"facts read but not kept by preflight's gather filter: {missing}"
