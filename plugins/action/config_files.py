@@ -31,6 +31,29 @@ _CHECK_SCRIPT = ("import json, sys; d = json.load(sys.stdin); g = {'__name__': '
                  "exec(compile(d['code'], 'config_files.py', 'exec'), g); print(json.dumps(g['check'](d['files'])))")
 
 
+def host_python(task_vars: dict) -> str | None:
+    """The host's Python when this run already knows it (set, or discovered by an earlier module run)."""
+    python = task_vars.get("ansible_python_interpreter")
+    if not python or str(python).startswith("auto"):
+        python = (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
+    return str(python) if python else None
+
+
+def run_host_script(action: ActionBase, python: str, script: str, payload: dict) -> dict:
+    """Run a stdlib-only Python script on the host (through the connection, with become), the payload as JSON on
+    its stdin; {"result": what it printed, as JSON} or {"failed": True, "msg": ...}. Also used by the gpu_facts
+    action (plugins/action/gpu_facts.py)."""
+    # pylint: disable-next=protected-access
+    out = action._low_level_execute_command(f"{shlex.quote(python)} -c {shlex.quote(script)}", sudoable=True,
+                                            in_data=json.dumps(payload).encode())
+    try:
+        if out.get("rc") != 0:
+            raise ValueError(f"rc={out.get('rc')}")
+        return {"result": json.loads(out.get("stdout") or "")}
+    except ValueError as e:
+        return {"failed": True, "msg": f"{python} on the host: {e}: {(out.get('stderr') or '').strip()[-500:]}"}
+
+
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = True
@@ -70,31 +93,17 @@ class ActionModule(ActionBase):
             entries.append(entry)
         return entries
 
-    def _host_python(self, task_vars: dict) -> str | None:
-        """The host's Python when this run already knows it (set, or discovered by an earlier module run)."""
-        python = task_vars.get("ansible_python_interpreter")
-        if not python or str(python).startswith("auto"):
-            python = (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
-        return str(python) if python else None
-
     def _check(self, check: list[dict], task_vars: dict) -> dict:
         """Which entries differ on the host: the module file's check() as a plain script when the host's Python is
         known (one remote command, no AnsiballZ), else the module (which also discovers the interpreter)."""
-        python = self._host_python(task_vars)
+        python = host_python(task_vars)
         if python is None:
             return {**self._execute_module(module_name="ansible.legacy.config_files", module_args={"files": check},
                                            task_vars=task_vars), "checked_by": "module"}
         path = self._shared_loader_obj.module_loader.find_plugin("ansible.legacy.config_files")
         with open(path, encoding="utf-8") as handle:
-            payload = json.dumps({"code": handle.read(), "files": check})
-        out = self._low_level_execute_command(f"{shlex.quote(python)} -c {shlex.quote(_CHECK_SCRIPT)}",
-                                              sudoable=True, in_data=payload.encode())
-        try:
-            if out.get("rc") != 0:
-                raise ValueError(f"rc={out.get('rc')}")
-            return {"results": json.loads(out.get("stdout") or ""), "checked_by": python}
-        except ValueError as e:
-            return {"failed": True, "msg": f"{python} on the host: {e}: {(out.get('stderr') or '').strip()[-500:]}"}
+            out = run_host_script(self, python, _CHECK_SCRIPT, {"code": handle.read(), "files": check})
+        return out if out.get("failed") else {"results": out["result"], "checked_by": python}
 
     def _render(self, src: str, dest: str, task_vars: dict) -> bytes:
         """Render one template as ansible-core's template action does."""

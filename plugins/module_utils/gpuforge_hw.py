@@ -66,6 +66,30 @@ def classify_pci(devices):
     return {"gpus": gpus, "nvswitches": nvswitches, "hcas": hcas}
 
 
+def gpu_scan(sysfs_root, proc_driver_version, nvidia_smi, run):
+    """The gpuforge_gpu facts: the GPUs, NVSwitches and HCAs on PCI and, with the driver loaded, nvidia-smi's reading.
+
+    nvidia_smi is the resolved executable (None when it is not installed); run(argv) returns (rc, stdout, stderr).
+    Stdlib only, like the rest of this file: the gpu_facts action runs it as a plain script on the host's Python,
+    the gpu_facts module through AnsibleModule. Raises ValueError with the message for the task."""
+    pci = classify_pci(pci_devices(sysfs_root))
+    pci.update(gpu_count=len(pci["gpus"]), nvswitch_count=len(pci["nvswitches"]), hca_count=len(pci["hcas"]))
+    facts = {"pci": pci, "driver_loaded": os.path.exists(proc_driver_version), "nvidia_smi": None, "skipped": None}
+    if not facts["driver_loaded"]:
+        facts["skipped"] = "the NVIDIA kernel driver is not loaded (no %s)" % proc_driver_version
+    elif nvidia_smi is None:
+        facts["skipped"] = "nvidia-smi is not installed"
+    else:
+        rc, out, err = run([nvidia_smi, "-q", "-x"])
+        if rc != 0:
+            raise ValueError("nvidia-smi -q -x failed (rc=%d): %s" % (rc, err.strip() or out.strip()))
+        try:
+            facts["nvidia_smi"] = parse_nvidia_smi_xml(out)
+        except Exception as exc:  # a parse error must name the tool, not crash with a traceback
+            raise ValueError("could not parse nvidia-smi -q -x output: %s" % exc) from exc
+    return facts
+
+
 _NUM = re.compile(r"^\s*(-?\d+)")
 
 

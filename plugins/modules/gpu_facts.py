@@ -14,6 +14,9 @@ description:
     parses C(nvidia-smi -q -x) into the driver and CUDA versions and, per GPU, name, memory, PCI bus id, ECC
     error counts, retired pages, remapped rows, persistence mode, MIG mode and PCIe link generation/width.
   - Sets C(ansible_facts.gpuforge_gpu). Never changes the host.
+  - An action plugin of the same name runs the same scan (module_utils gpuforge_hw's C(gpu_scan)) as a plain
+    script on the host's Python once this run knows that Python, so the read costs the host no AnsiballZ module
+    run; the result says which ran (C(gathered_by), the interpreter's path or C(module)).
 options:
   sysfs_root:
     description: Where sysfs is mounted (tests point it at a recorded tree).
@@ -64,10 +67,8 @@ ansible_facts:
           type: str
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gpuforge_hw import classify_pci, parse_nvidia_smi_xml, pci_devices
+from ansible.module_utils.gpuforge_hw import gpu_scan
 
 
 def main():
@@ -79,23 +80,11 @@ def main():
         },
         supports_check_mode=True,
     )
-    pci = classify_pci(pci_devices(module.params["sysfs_root"]))
-    pci.update(gpu_count=len(pci["gpus"]), nvswitch_count=len(pci["nvswitches"]), hca_count=len(pci["hcas"]))
-    facts = {"pci": pci, "driver_loaded": os.path.exists(module.params["proc_driver_version"]),
-             "nvidia_smi": None, "skipped": None}
-    smi = module.get_bin_path(module.params["nvidia_smi"])
-    if not facts["driver_loaded"]:
-        facts["skipped"] = "the NVIDIA kernel driver is not loaded (no %s)" % module.params["proc_driver_version"]
-    elif smi is None:
-        facts["skipped"] = "nvidia-smi is not installed"
-    else:
-        rc, out, err = module.run_command([smi, "-q", "-x"])
-        if rc != 0:
-            module.fail_json(msg="nvidia-smi -q -x failed (rc=%d): %s" % (rc, err.strip() or out.strip()))
-        try:
-            facts["nvidia_smi"] = parse_nvidia_smi_xml(out)
-        except Exception as exc:  # a parse error must name the tool, not crash with a traceback
-            module.fail_json(msg="could not parse nvidia-smi -q -x output: %s" % exc)
+    try:
+        facts = gpu_scan(module.params["sysfs_root"], module.params["proc_driver_version"],
+                         module.get_bin_path(module.params["nvidia_smi"]), module.run_command)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     module.exit_json(changed=False, ansible_facts={"gpuforge_gpu": facts})
 
 
