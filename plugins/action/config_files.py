@@ -43,7 +43,6 @@ def run_host_script(action: ActionBase, python: str, script: str, payload: dict)
     """Run a stdlib-only Python script on the host (through the connection, with become), the payload as JSON on
     its stdin; {"result": what it printed, as JSON} or {"failed": True, "msg": ...}. Also used by the gpu_facts
     action (plugins/action/gpu_facts.py)."""
-    # pylint: disable-next=protected-access
     out = action._low_level_execute_command(f"{shlex.quote(python)} -c {shlex.quote(script)}", sudoable=True,
                                             in_data=json.dumps(payload).encode())
     try:

@@ -1,8 +1,7 @@
 # -*- coding: utf-8 -*-
 """Action side of `gpu_facts`: the same scan as the module (module_utils/gpuforge_hw.gpu_scan), run as a plain
 script on the host's Python once that Python is known, so a run's GPU reading costs the host no AnsiballZ
-module run (~0.2 CPU-s each: docs/decisions.md, Performance). Before that, and with module arguments this
-plugin does not know, the module runs."""
+module run (~0.2 CPU-s each: docs/decisions.md, Performance). Before that Python is known, the module runs."""
 
 from __future__ import annotations
 
@@ -18,7 +17,8 @@ _config_files = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_config_files)
 
 _DEFAULTS = {"sysfs_root": "/sys", "nvidia_smi": "nvidia-smi", "proc_driver_version": "/proc/driver/nvidia/version"}
-# nvidia-smi is looked up as AnsibleModule.get_bin_path does: PATH, then the sbin directories.
+# nvidia-smi is looked up as AnsibleModule.get_bin_path does: PATH, then the sbin directories; a path is taken
+# when it is an executable file, else it counts as not installed.
 _SCAN_SCRIPT = (
     "import json, os, shutil, subprocess, sys\n"
     "d = json.load(sys.stdin); a = d['args']; g = {'__name__': 'gpuforge_hw'}\n"
@@ -27,7 +27,7 @@ _SCAN_SCRIPT = (
     "    p = subprocess.run(argv, capture_output=True, text=True)\n"
     "    return p.returncode, p.stdout, p.stderr\n"
     "path = os.pathsep.join([os.environ.get('PATH', os.defpath), '/sbin', '/usr/sbin', '/usr/local/sbin'])\n"
-    "smi = a['nvidia_smi'] if os.sep in a['nvidia_smi'] else shutil.which(a['nvidia_smi'], path=path)\n"
+    "smi = shutil.which(a['nvidia_smi'], path=path)\n"
     "try:\n"
     "    print(json.dumps({'facts': g['gpu_scan'](a['sysfs_root'], a['proc_driver_version'], smi, run)}))\n"
     "except ValueError as e:\n"

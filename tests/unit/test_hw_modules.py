@@ -69,3 +69,20 @@ def test_gpu_facts_action_fails_with_nvidia_smis_own_words(tmp_path):
                                                             "nvidia_smi": str(smi)}}])
     assert out.returncode != 0
     assert "nvidia-smi -q -x failed (rc=9): NVIDIA-SMI has failed" in out.stdout
+
+
+def test_gpu_facts_action_and_module_agree_when_nvidia_smi_is_missing(tmp_path):
+    from test_config_files import play
+
+    proc_version = tmp_path / "version"
+    proc_version.write_text("NVRM\n")
+    task = {"name": "scan", "gpu_facts": {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"),
+                                          "proc_driver_version": str(proc_version),
+                                          "nvidia_smi": str(tmp_path / "no-such-nvidia-smi")}}
+    out, script = play(tmp_path, [task])
+    assert out.returncode == 0, out.stdout + out.stderr
+    out, module = play(tmp_path, [task], extra_vars={"ansible_python_interpreter": "auto_silent"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    facts = script["scan"]["ansible_facts"]["gpuforge_gpu"]
+    assert facts == module["scan"]["ansible_facts"]["gpuforge_gpu"]
+    assert facts["skipped"] == "nvidia-smi is not installed"
