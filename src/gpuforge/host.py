@@ -112,6 +112,11 @@ ConnectProto: v4 v6
 PidFile: {state}/run/pid
 SocketPath: {state}/run/socket
 ExThreshold: 4
+# Serve index files (InRelease, Packages) from the cache for 30 minutes after a fetch, without asking the
+# mirror again (default 27 s). Hosts that update together otherwise make apt-cacher-ng replace the same
+# stale InRelease at once; its temporary name is the second, so the replacements collide ("Failure to move
+# file ... out of the way ... errno: File exists") and one host's apt waits without end.
+FreshIndexMaxAge: 1800
 """
 
 
@@ -122,15 +127,17 @@ def ensure_apt_cache(bind_addresses: list[str]) -> str:
     default Remap rules, which rewrite deb.debian.org to mirrors that a restricted network may not reach.
     """
     addresses = ["127.0.0.1", *bind_addresses]
-    if all(port_open(a, APT_CACHE_PORT) for a in addresses):
+    conf = APT_CACHE_STATE / "acng.conf"
+    text = ACNG_CONF.format(cache=APT_CACHE_DIR, state=APT_CACHE_STATE, port=APT_CACHE_PORT,
+                            bind=" ".join(addresses))
+    current = conf.read_text() if conf.exists() else None
+    if current == text and all(port_open(a, APT_CACHE_PORT) for a in addresses):
         return str(APT_CACHE_PORT)
-    stop_apt_cache()  # running, but not on every address the hosts need
+    stop_apt_cache()  # running, but not on every address the hosts need, or with an older configuration
     apt_install("apt-cacher-ng")
     for d in (APT_CACHE_DIR, APT_CACHE_STATE / "log", APT_CACHE_STATE / "run"):
         d.mkdir(parents=True, exist_ok=True)
-    conf = APT_CACHE_STATE / "acng.conf"
-    conf.write_text(ACNG_CONF.format(cache=APT_CACHE_DIR, state=APT_CACHE_STATE, port=APT_CACHE_PORT,
-                                     bind=" ".join(addresses)))
+    conf.write_text(text)
     say(f"starting the apt cache proxy on port {APT_CACHE_PORT} (cache: {APT_CACHE_DIR})")
     subprocess.run(["/usr/sbin/apt-cacher-ng", "-c", str(APT_CACHE_STATE)], check=True)
     deadline = time.monotonic() + 20
@@ -144,11 +151,10 @@ def ensure_apt_cache(bind_addresses: list[str]) -> str:
 def warm_apt_cache(proxy: str, suites: list[str]) -> None:
     """Fetch the suites' release files through the apt cache, one request at a time.
 
-    Hosts that start together ask apt-cacher-ng for the same InRelease at the same moment. When the cached
-    copy is older than the mirror's, apt-cacher-ng replaces it, and concurrent replacements of one file
-    collide ("Failure to move file ... out of the way", its error log): one host's apt then waited without
-    end (seen twice: a CI run and a bench run stalled ~30 min at the first package install). Refreshed here
-    first, the hosts' requests find the copy current and nothing is replaced under them.
+    Hosts that start together ask apt-cacher-ng for the same InRelease at the same moment; concurrent
+    replacements of a stale copy collide and one host's apt then waits without end (docs/lab.md, "Apt
+    cache"). Refreshed here first, and kept fresh for FreshIndexMaxAge (ACNG_CONF), the hosts' requests find
+    the copy current and nothing is replaced under them.
     """
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
     for suite in suites:
