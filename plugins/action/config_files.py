@@ -55,7 +55,10 @@ def run_host_script(action: ActionBase, python: str, script: str, payload: dict)
 
 class ActionModule(ActionBase):
 
-    TRANSFERS_FILES = True
+    # False, though entries that differ are copied: with True, ActionBase.run() makes a remote temporary directory
+    # before every run (and the finally below removes it), two more commands on the host per task even when
+    # nothing differs. The copy action that writes an entry makes its own when it needs one.
+    TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("files", *_DEFAULT_KEYS))
 
     def _entries(self) -> list[dict]:
