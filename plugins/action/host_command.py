@@ -47,5 +47,6 @@ class ActionModule(ActionBase):
         result.update(rc=out.get("rc"), stdout=stdout, stderr=stderr, stdout_lines=stdout.splitlines(),
                       stderr_lines=stderr.splitlines(), cmd=cmd, changed=True)
         if out.get("rc") != 0:
-            result.update(failed=True, msg="non-zero return code")
+            # The command's own words, where it gave any: a check that refuses something says why on stderr.
+            result.update(failed=True, msg="non-zero return code" + (f": {stderr}" if stderr else ""))
         return result

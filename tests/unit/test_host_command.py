@@ -31,6 +31,9 @@ def test_a_failing_command_fails_unless_failed_when_says_otherwise(tmp_path):
     assert out.returncode == 0 and res["quiet"]["rc"] == 3 and res["quiet"]["stdout"] == "no"
     out, _ = play(tmp_path, [{"name": "loud", "host_command": {"argv": ["false"]}}])
     assert out.returncode != 0 and "non-zero return code" in out.stdout
+    out, res = play(tmp_path, [{"name": "says why", "host_command": {"cmd": "echo 'Secure Boot is on' >&2; exit 1"},
+                                "ignore_errors": True}])
+    assert res["says why"]["failed"] and res["says why"]["msg"] == "non-zero return code: Secure Boot is on"
 
 
 def test_check_mode_skips_it_unless_the_task_opts_out(tmp_path):
