@@ -13,7 +13,11 @@ arch-qualified names, version operators, `update_cache` without `cache_valid_tim
 ansible.builtin.apt with the same arguments.
 
 It also owns the lists' freshness: apt judges `cache_valid_time` by the lists directory's age, and a fresh image
-has no lists at all, so when no `*_Packages` list exists the refresh is forced (cache_valid_time 0).
+has no lists at all, so when no `*_Packages` list exists the refresh is forced (cache_valid_time 0). A refresh
+the module would do is done here first, bounded: `apt-get update` under `timeout` (UPDATE_TIMEOUT_S), up to
+UPDATE_ATTEMPTS times (update_command), so an update that hangs (an apt http method left waiting on a connection its proxy
+closed, docs/lab.md) fails or retries instead of holding the run without end; the module then runs without
+`update_cache`.
 """
 
 from __future__ import annotations
@@ -69,6 +73,29 @@ def at_candidate(wanted: list[str], policy: str) -> tuple[bool, list[str]]:
     return not behind, behind
 
 
+UPDATE_TIMEOUT_S = 180
+UPDATE_ATTEMPTS = 3
+
+
+def update_command(timeout_s: int = UPDATE_TIMEOUT_S, attempts: int = UPDATE_ATTEMPTS, pause_s: int = 5) -> str:
+    """apt-get update, each attempt bounded by `timeout`; what each failed attempt did goes to stderr, with the
+    last attempt's own output when all fail."""
+    return (f"for attempt in $(seq {attempts}); do "
+            f"out=$(timeout -k 10 {timeout_s} apt-get update -q -o DPkg::Lock::Timeout=60 2>&1) && exit 0; "
+            f"rc=$?; echo \"apt-get update, attempt $attempt of {attempts}: "
+            f"$([ $rc = 124 ] && echo 'no answer in {timeout_s} s' || echo exit $rc)\" >&2; "
+            f"sleep {pause_s}; done; printf '%s\\n' \"$out\" | tail -n 5 >&2; exit 1")
+
+
+def update_needed(args: dict, lists: str | None, age: str) -> bool:
+    """Whether apt's module would refresh the lists for these arguments: update_cache, and no lists at all, no
+    cache_valid_time, or lists older than it."""
+    if not boolean(args.get("update_cache", False), strict=False):
+        return False
+    valid = int(args.get("cache_valid_time") or 0)
+    return lists == "0" or not valid or not (age.lstrip("-").isdigit() and int(age) <= valid)
+
+
 def lists_fresh(age: str, valid: int) -> bool:
     """Whether apt's module would leave the lists alone: no cache_valid_time, or lists younger than it."""
     return not valid or (age.lstrip("-").isdigit() and int(age) <= valid)
@@ -111,17 +138,18 @@ class ActionModule(ActionBase):
             specs = " ".join(shlex.quote(_NAME.match(n).group("name")) for n in names)
             query = f"dpkg-query -W -f='${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' -- {specs} 2>/dev/null; "
             if latest:
-                query += f"LANG=C apt-cache policy -- {specs} 2>/dev/null; {_LISTS_AGE}; "
+                query += f"LANG=C apt-cache policy -- {specs} 2>/dev/null; "
         probe = self._low_level_execute_command(
-            f"{query}echo {_LISTS_MARK}$(ls /var/lib/apt/lists 2>/dev/null | grep -c '_Packages$')", sudoable=False)
+            f"{query}{_LISTS_AGE}; echo {_LISTS_MARK}$(ls /var/lib/apt/lists 2>/dev/null | grep -c '_Packages$')",
+            sudoable=False)
         stdout = probe.get("stdout") or ""
         lines = stdout.splitlines()
         lists = next((ln[len(_LISTS_MARK):] for ln in lines if ln.startswith(_LISTS_MARK)), None)
+        age = next((ln[len(_AGE_MARK):] for ln in lines if ln.startswith(_AGE_MARK)), "")
         if names and lists is not None:
             ok, missing = satisfied(names, lines)
             if ok and latest:
                 ok, missing = at_candidate(names, stdout)
-                age = next((ln[len(_AGE_MARK):] for ln in lines if ln.startswith(_AGE_MARK)), "")
                 if ok and not lists_fresh(age, int(args.get("cache_valid_time") or 0)):
                     ok = False  # apt would refresh the lists first, and a newer candidate may come with them
             if ok:
@@ -129,7 +157,15 @@ class ActionModule(ActionBase):
                 result.update(changed=False, msg=f"{state}: {', '.join(names)}", packages=names)
                 return result
             result["missing"] = missing
-        if boolean(args.get("update_cache", False), strict=False) and lists == "0":
+        if update_needed(args, lists, age) and not self._task.check_mode:
+            update = self._low_level_execute_command(update_command(), sudoable=True)
+            if update.get("rc") != 0:
+                result.update(failed=True, msg="apt_present: the package lists could not be refreshed: "
+                              + (update.get("stderr") or update.get("stdout") or "").strip()[-1500:])
+                return result
+            result["lists_refreshed"] = True
+            args["update_cache"] = False  # just refreshed; the module installs from these lists
+        elif boolean(args.get("update_cache", False), strict=False) and lists == "0":
             args["cache_valid_time"] = 0  # no lists at all: a fresh image; the directory's age means nothing
         result.update(self._execute_module(module_name="ansible.legacy.apt", module_args=args, task_vars=task_vars))
         return result

@@ -22,6 +22,9 @@ description:
     without I(cache_valid_time) under C(latest)), it runs ansible.builtin.apt with the same arguments.
   - With I(update_cache), a host without any downloaded package list (a fresh image) refreshes regardless of
     I(cache_valid_time) (apt judges freshness by the lists directory's age, which a fresh image also has).
+  - A refresh that apt's module would do runs first as C(apt-get update) under C(timeout) (180 s, up to 3
+    attempts), then the module without I(update_cache). An update that hangs is cut off and retried, and one
+    that keeps failing fails the task with what apt said.
 options:
   name:
     description: Packages, as for ansible.builtin.apt (C(name) or C(name=version)).
@@ -53,4 +56,8 @@ missing:
   returned: when some were not
   type: list
   elements: str
+lists_refreshed:
+  description: The package lists were refreshed by the bounded C(apt-get update) before apt's module ran.
+  returned: when they were
+  type: bool
 """

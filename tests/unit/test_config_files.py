@@ -221,3 +221,40 @@ def test_apt_present_leaves_apt_alone_for_installed_packages(tmp_path):
     out, res = play(tmp_path, [{"name": "pkgs", "apt_present": {"name": ["dpkg", "coreutils"], "update_cache": True}}])
     assert out.returncode == 0, out.stdout + out.stderr
     assert res["pkgs"]["changed"] is False and res["pkgs"]["packages"] == ["dpkg", "coreutils"]
+
+
+def test_apt_present_refreshes_where_apt_would():
+    need = apt_present.update_needed
+    assert not need({"name": "a"}, "0", "")  # no update_cache: never
+    assert need({"update_cache": True, "cache_valid_time": 3600}, "0", "60")  # no lists at all: a fresh image
+    assert need({"update_cache": True}, "12", "60")  # no cache_valid_time: every time, as apt does
+    assert need({"update_cache": True, "cache_valid_time": 3600}, "12", "7200")
+    assert not need({"update_cache": "yes", "cache_valid_time": 3600}, "12", "60")
+
+
+def _update(tmp_path, mode, **kw):
+    """apt_present's bounded `apt-get update` with a stand-in apt-get first on PATH: it hangs on the first call
+    (as apt did behind the lab's cache) or always fails."""
+    fake = tmp_path / "apt-get"
+    fake.write_text('#!/bin/sh\nn=$(cat "$0.n" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.n"\n'
+                    'case "$MODE" in hang) [ "$n" -gt 0 ] || sleep 600; echo Done;;\n'
+                    ' fail) echo "E: Failed to fetch http://mirror/InRelease" >&2; exit 100;; esac\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MODE": mode}
+    return subprocess.run(["/bin/sh", "-c", apt_present.update_command(**kw)], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_apt_present_update_that_hangs_is_cut_off_and_retried(tmp_path):
+    out = _update(tmp_path, "hang", timeout_s=2, attempts=3, pause_s=0)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "apt-get update, attempt 1 of 3: no answer in 2 s"
+    assert (tmp_path / "apt-get.n").read_text().strip() == "2"
+
+
+def test_apt_present_update_that_keeps_failing_says_why(tmp_path):
+    out = _update(tmp_path, "fail", timeout_s=5, attempts=2, pause_s=0)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == ["apt-get update, attempt 1 of 2: exit 100",
+                                       "apt-get update, attempt 2 of 2: exit 100",
+                                       "E: Failed to fetch http://mirror/InRelease"]
