@@ -93,7 +93,7 @@ def update_needed(args: dict, lists: str | None, age: str) -> bool:
     if not boolean(args.get("update_cache", False), strict=False):
         return False
     valid = int(args.get("cache_valid_time") or 0)
-    return lists == "0" or not valid or not (age.lstrip("-").isdigit() and int(age) <= valid)
+    return lists == "0" or not valid or not lists_fresh(age, valid)
 
 
 def lists_fresh(age: str, valid: int) -> bool:
