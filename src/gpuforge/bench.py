@@ -1,8 +1,10 @@
 """`gpuforge bench`: what site.yml costs on the lab, at two sizes, and what each tuning lever gives.
 
 Sizes: for each lab size (hosts in all) the bench removes the running lab, brings up a fresh one, runs
-site.yml (the first run) and runs it again (the no-op re-run), and records for both: wall time, tasks,
-host results by outcome, time per task per host, and each host's total. Then the ratios between sizes.
+site.yml (the first run) and runs it again (the no-op re-run) `--noop-runs` times, and records for each run:
+wall time, tasks, host results by outcome, time per task per host, and each host's total. The no-op figure of
+a size is its median run (the same no-op on the same lab varies by 10-15% from run to run), and the ratios
+between sizes come with the range the repeats allow.
 
 Levers (`--levers`): on the lab as it stands (provisioned), the no-op re-run once with the project's
 ansible.cfg and once per lever with that one setting put back to Ansible's default, through the environment
@@ -77,8 +79,21 @@ def profile(summary: dict) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The no-op re-run that stands for a size: the median by wall time (the lower one of an even count, so
+    the figure is always one real run's)."""
+    walls = sorted(runs, key=lambda p: p["wall_s"])
+    return walls[(len(walls) - 1) // 2]
+
+
+def _walls(size: dict) -> list[float]:
+    return [r["wall_s"] for r in size.get("noop_runs") or [size["noop"]]]
+
+
 def compare(sizes: list[dict]) -> dict:
-    """Ratios between the smallest and largest size, and each target against its figure."""
+    """Ratios between the smallest and largest size, and each target against its figure. A size's no-op is its
+    median run; with repeats, the scaling ratio also gets its range (fastest large / slowest small to slowest
+    large / fastest small)."""
     ok = [s for s in sizes if s["first"]["rc"] == 0 and s["noop"]["rc"] == 0]
     out: dict = {"targets": []}
     if not ok:
@@ -95,7 +110,9 @@ def compare(sizes: list[dict]) -> dict:
         noop_ratio = big["noop"]["wall_s"] / small["noop"]["wall_s"]
         out["scaling"] = {"from_hosts": small["hosts"], "to_hosts": big["hosts"],
                           "first_run_ratio": round(big["first"]["wall_s"] / small["first"]["wall_s"], 3),
-                          "noop_ratio": round(noop_ratio, 3)}
+                          "noop_ratio": round(noop_ratio, 3),
+                          "noop_ratio_range": [round(min(_walls(big)) / max(_walls(small)), 3),
+                                               round(max(_walls(big)) / min(_walls(small)), 3)]}
         target = f"no-op re-run, {big['hosts']} hosts <= {SCALING_MAX} x {small['hosts']} hosts"
         out["targets"].append({"target": target,
                                "value": round(noop_ratio, 3), "met": noop_ratio <= SCALING_MAX})
@@ -106,17 +123,24 @@ def table(result: dict, top: int = 8) -> str:
     """The human-readable report of a bench result (the JSON holds everything)."""
     lines = []
     if result.get("sizes"):
-        lines.append(f"{'hosts':>5} {'shape':<28} {'lab up':>7} {'first run':>10} {'no-op':>7} {'tasks':>6} "
-                     f"{'host results':>12} {'no-op changed':>13}  no-op CPU s (controller/hosts)")
+        lines.append(f"{'hosts':>5} {'shape':<28} {'lab up':>7} {'first run':>10} {'no-op (median)':>15} "
+                     f"{'tasks':>6} {'host results':>12} {'no-op changed':>13}  no-op CPU s (controller/hosts)")
         for s in result["sizes"]:
             first, noop = s["first"], s["noop"]
+            walls = _walls(s)
+            spread = f"{noop['wall_s']:.1f}s" + (f" ({min(walls):.0f}-{max(walls):.0f})" if len(walls) > 1 else "")
+            changed = max(len(r["changed"]) for r in s.get("noop_runs") or [noop])
             lines.append(f"{s['hosts']:>5} {s['shape']:<28} {s['lab_up_s']:>6.0f}s {first['wall_s']:>9.0f}s "
-                         f"{noop['wall_s']:>6.0f}s {first['tasks']:>6} {first['host_results']:>12} "
-                         f"{len(noop['changed']):>13}  {noop.get('controller_cpu_s')}/{noop.get('hosts_cpu_s')}")
+                         f"{spread:>15} {first['tasks']:>6} {first['host_results']:>12} "
+                         f"{changed:>13}  {noop.get('controller_cpu_s')}/{noop.get('hosts_cpu_s')}")
+            if len(walls) > 1:
+                lines.append(f"{'':>5} no-op runs: " + ", ".join(
+                    f"{r['wall_s']:.1f}s ({r.get('controller_cpu_s')}/{r.get('hosts_cpu_s')} CPU s, "
+                    f"changed={len(r['changed'])})" for r in s["noop_runs"]))
         for s in result["sizes"]:
             for run in ("first", "noop"):
                 p = s[run]
-                what = "first run" if run == "first" else "no-op re-run"
+                what = "first run" if run == "first" else "no-op re-run (the median run)"
                 lines.append(f"\nslowest tasks, {s['hosts']} hosts, {what} "
                              "(seconds: all hosts together, mean and max per host)")
                 for t in p["per_task"][:top]:
@@ -136,8 +160,10 @@ def table(result: dict, top: int = 8) -> str:
     comp = result.get("compare") or {}
     if comp.get("scaling"):
         sc = comp["scaling"]
+        rng = sc.get("noop_ratio_range")
         lines.append(f"\nscaling {sc['from_hosts']} -> {sc['to_hosts']} hosts: first run x{sc['first_run_ratio']}, "
-                     f"no-op re-run x{sc['noop_ratio']}")
+                     f"no-op re-run x{sc['noop_ratio']} (medians"
+                     + (f"; x{rng[0]}-x{rng[1]} across the repeats)" if rng and rng[0] != rng[1] else ")"))
     for t in comp.get("targets", []):
         lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']}")
     return "\n".join(lines)
@@ -199,16 +225,24 @@ def bench_size(root: Path, hosts: int, args, out_dir: Path, log) -> dict:
     t0 = time.monotonic()
     lab.up()
     lab_up = time.monotonic() - t0
-    results = {}
-    for run in ("first", "noop"):
-        print(f"[bench] {hosts} hosts: site.yml, {'first run' if run == 'first' else 'no-op re-run'} "
-              f"(progress in {log.name})", flush=True)
+    results: dict = {}
+    runs = ["first"] + [f"noop {i}" for i in range(1, args.noop_runs + 1)]
+    for run in runs:
+        what = "first run" if run == "first" else f"no-op re-run {run.split()[1]} of {args.noop_runs}"
+        print(f"[bench] {hosts} hosts: site.yml, {what} (progress in {log.name})", flush=True)
         rc, summary = _run(root, out_dir, f"{hosts} hosts, {run}", log)
-        results[run] = profile(summary)
-        print(f"[bench] {hosts} hosts: {run} {summary['duration_s']:.0f} s, rc={rc}", flush=True)
+        p = profile(summary)
+        if run == "first":
+            results["first"] = p
+        else:
+            results.setdefault("noop_runs", []).append(p)
+        print(f"[bench] {hosts} hosts: {what}: {summary['duration_s']:.1f} s, rc={rc}", flush=True)
         if rc != 0:
-            results.setdefault("noop", profile({"duration_s": 0, "rc": None}))
             break
+    noops = results.get("noop_runs", [])
+    # A failed run stands for the size, so compare() leaves the size out and main() reports it.
+    failed = [r for r in noops if r["rc"] != 0]
+    results["noop"] = failed[0] if failed else median_run(noops) if noops else profile({"duration_s": 0, "rc": None})
     serving = sum(len(v) for v in topo.serving_groups.values())
     shape = f"{gpu} gpu ({serving} serving), {args.lb_hosts} lb"
     return {"hosts": hosts, "shape": shape, "lab_up_s": round(lab_up, 1), **results}
@@ -279,6 +313,8 @@ def main(args, root: Path) -> int:
     print(f"\n[bench] JSON: {os.path.relpath(out_dir / 'bench.json')}; ansible progress: "
           f"{os.path.relpath(log_path)}")
     failed = [s["hosts"] for s in result["sizes"] if s["first"]["rc"] != 0 or s["noop"]["rc"] != 0]
+    failed += [f"{s['hosts']} hosts, a no-op re-run with changes" for s in result["sizes"]
+               if any(r["changed"] for r in s.get("noop_runs", []))]
     failed += [lev["lever"] for lev in result.get("levers", []) if lev["rc"] != 0]
     if failed:
         print(f"[bench] runs failed: {failed}", file=sys.stderr)

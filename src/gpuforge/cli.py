@@ -88,6 +88,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args, _root(args))
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = sorted({int(x) for x in text.split(",") if x.strip()})
@@ -179,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--groups", type=int, default=2, help="serving groups (default 2)")
     bench.add_argument("--lb-hosts", type=int, default=1, help="load-balancer hosts (default 1)")
     bench.add_argument("--distro", default="12", choices=["12", "13"], help="Debian release of the hosts (default 12)")
+    bench.add_argument("--noop-runs", type=_positive, default=3,
+                       help="no-op re-runs per size; the size's figure is the median run (default 3)")
     bench.add_argument("--levers", action="store_true",
                        help="on the running, provisioned lab: the no-op re-run with each lever set back to default")
     bench.add_argument("--out", type=Path, default=None, help="directory for bench.json (default runs/bench-<UTC>)")

@@ -37,7 +37,8 @@ def size(hosts, first, noop, rc=0):
 def test_compare_reports_ratios_and_each_target_met_or_missed():
     c = bench.compare([size(5, 500.0, 50.0), size(13, 900.0, 90.0)])
     assert c["noop_share_of_first"] == 0.1
-    assert c["scaling"] == {"from_hosts": 5, "to_hosts": 13, "first_run_ratio": 1.8, "noop_ratio": 1.8}
+    assert c["scaling"] == {"from_hosts": 5, "to_hosts": 13, "first_run_ratio": 1.8, "noop_ratio": 1.8,
+                            "noop_ratio_range": [1.8, 1.8]}
     met = {t["target"].split(" (")[0].split(",")[0]: t["met"] for t in c["targets"]}
     assert met == {"no-op re-run <= 0.2 x first run": True, "no-op re-run <= 60 s": True,
                    "no-op re-run": False}
@@ -59,3 +60,38 @@ def test_table_shows_sizes_slowest_tasks_levers_and_targets():
     assert "pipelining off" in text and "2.00 x" in text
     assert "gather_subset=all" in text
     assert "[MISSED] no-op re-run, 13 hosts <= 1.6 x 5 hosts: 1.8" in text
+
+
+def repeated(hosts, first, noops, changed_in=None):
+    """A size with several no-op re-runs; changed_in: the index of a run that reported a change."""
+    runs = [bench.profile(summary(w, [row("t", "a", 0.5, "changed" if i == changed_in else "ok")]))
+            for i, w in enumerate(noops)]
+    return {"hosts": hosts, "shape": "s", "lab_up_s": 1.0,
+            "first": bench.profile(summary(first, [row("t", "a", 1.0)])),
+            "noop_runs": runs, "noop": bench.median_run(runs)}
+
+
+def test_median_run_is_one_real_run_the_lower_middle_of_an_even_count():
+    runs = [bench.profile(summary(w, [])) for w in (40.0, 30.0, 35.0)]
+    assert bench.median_run(runs)["wall_s"] == 35.0
+    assert bench.median_run(runs + [bench.profile(summary(50.0, []))])["wall_s"] == 35.0
+    assert bench.median_run(runs[:1])["wall_s"] == 40.0
+
+
+def test_compare_uses_the_medians_and_gives_the_ratio_range_of_the_repeats():
+    c = bench.compare([repeated(5, 500.0, [30.0, 40.0, 35.0]), repeated(13, 900.0, [60.0, 70.0, 65.0])])
+    sc = c["scaling"]
+    assert sc["noop_ratio"] == round(65.0 / 35.0, 3)
+    assert sc["noop_ratio_range"] == [round(60.0 / 40.0, 3), round(70.0 / 30.0, 3)]
+    assert c["noop_share_of_first"] == 0.07  # 35 / 500: the median run, not the fastest
+
+
+def test_table_lists_every_noop_run_and_shows_a_change_in_any_of_them():
+    result = {"sizes": [repeated(5, 500.0, [30.0, 40.0, 35.0], changed_in=1), repeated(13, 900.0, [60.0, 70.0, 65.0])]}
+    result["compare"] = bench.compare(result["sizes"])
+    text = bench.table(result)
+    assert "35.0s (30-40)" in text
+    assert "40.0s (None/None CPU s, changed=1)" in text
+    five = next(line for line in text.splitlines() if line.lstrip().startswith("5 "))
+    assert five.split()[-2] == "1"  # the no-op changed column counts the run with a change, not the median's 0
+    assert "(medians; x1.5-x2.333 across the repeats)" in text
