@@ -65,8 +65,15 @@ def profile(summary: dict) -> dict:
                       "mean_s": round(sum(secs) / len(secs), 3), "max_s": round(max(secs), 3),
                       "per_host_s": hosts})
     tasks.sort(key=lambda t: t["total_s"], reverse=True)
+    wall = summary.get("duration_s")
+    # A task takes at least its slowest host's time; what the run spends beyond the sum of those is the
+    # controller's serial part between tasks (variables, forking the workers, results, callbacks) and the
+    # playbook's own start, which on a busy controller grows with the host count.
+    in_tasks = round(sum(t["max_s"] for t in tasks), 1)
     return {
-        "wall_s": summary.get("duration_s"),
+        "wall_s": wall,
+        "in_tasks_s": in_tasks,
+        "between_tasks_s": round(wall - in_tasks, 1) if wall else None,
         "rc": summary.get("rc"),
         "controller_cpu_s": summary.get("controller_cpu_s"),
         "hosts_cpu_s": summary.get("hosts_cpu_s"),
@@ -143,6 +150,9 @@ def table(result: dict, top: int = 8) -> str:
                 what = "first run" if run == "first" else "no-op re-run (the median run)"
                 lines.append(f"\nslowest tasks, {s['hosts']} hosts, {what} "
                              "(seconds: all hosts together, mean and max per host)")
+                if p.get("between_tasks_s") is not None:
+                    lines.append(f"  of its {p['wall_s']:.1f} s: {p['in_tasks_s']:.1f} s in tasks (each task's slowest "
+                                 f"host), {p['between_tasks_s']:.1f} s between them (the controller's main loop)")
                 for t in p["per_task"][:top]:
                     lines.append(f"  {t['total_s']:>7.1f} {t['mean_s']:>6.1f} {t['max_s']:>6.1f}  "
                                  f"{t['task'][:70]}  [{t['hosts']} hosts]")

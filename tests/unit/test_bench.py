@@ -19,6 +19,7 @@ def test_profile_sums_loops_per_host_and_orders_tasks_by_total():
         row("stat", "a", 0.1, "skipped"),
     ]))
     assert p["wall_s"] == 30.0 and p["host_results"] == 5
+    assert (p["in_tasks_s"], p["between_tasks_s"]) == (4.0 + 2.5 + 0.1, 23.4)  # slowest host of each task
     assert p["outcomes"] == {"changed": 1, "ok": 3, "skipped": 1}
     assert p["changed"] == ["a: apt"]
     assert p["per_host_s"] == {"a": 4.6, "b": 4.0}
@@ -57,6 +58,7 @@ def test_table_shows_sizes_slowest_tasks_levers_and_targets():
     result["compare"] = bench.compare(result["sizes"])
     text = bench.table(result)
     assert "slowest tasks, 13 hosts, no-op re-run" in text
+    assert "of its 90.0 s: 0.5 s in tasks (each task's slowest host), 89.5 s between them" in text
     assert "pipelining off" in text and "2.00 x" in text
     assert "gather_subset=all" in text
     assert "[MISSED] no-op re-run, 13 hosts <= 1.6 x 5 hosts: 1.8" in text
