@@ -42,6 +42,8 @@ LEVERS: dict[str, dict[str, str]] = {
     # Ansible's default is 5, as many as the 5-host lab's hosts; 2 shows what forks below the host count cost.
     "forks 2 (below the host count)": {"ANSIBLE_FORKS": "2"},
     "no fact cache (gathering implicit)": {"ANSIBLE_GATHERING": "implicit", "ANSIBLE_CACHE_PLUGIN": "memory"},
+    # plugins/strategy/gpuforge_linear.py: workers below the main loop's CPU priority; 0 is linear's behaviour.
+    "workers at the main loop's priority": {"GPUFORGE_WORKER_NICE": "0"},
 }
 # Measured only where it is installed (pip install mitogen): not a project dependency (README, Performance).
 # Its SSH layer ignores the inventory's host-key setting, so the lab's is passed through the environment.

@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+"""`gpuforge_linear`: Ansible's linear strategy, with each forked worker at a lower CPU priority than the
+strategy's own loop.
+
+Why: the linear strategy's main loop is serial. For every task it computes each host's variables, forks a
+worker per host and then processes each host's result, and the next task cannot start before it has. While
+it does, the workers it already forked (templating, SSH) compete with it for the same cores. When there are
+more runnable workers than cores, the loop gets a fair share of a core at best, and each task ends later than
+its workers' CPU time needs. A lower priority for the workers (`nice`) keeps their throughput, because the
+cores stay busy, and lets the loop go first, so the hosts' tasks start sooner. docs/decisions.md
+(Performance) has the measurements.
+
+The priority is GPUFORGE_WORKER_NICE (default 10; 0 leaves the workers as linear does). SSH clients a worker
+starts inherit it; the hosts' own processes are not touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ansible.plugins.strategy.linear import StrategyModule as LinearStrategyModule
+
+DOCUMENTATION = """
+    name: gpuforge_linear
+    short_description: linear, with the forked workers at a lower CPU priority than the main loop
+    description:
+        - Ansible's linear strategy. Each worker it forks runs at C(nice) GPUFORGE_WORKER_NICE (default 10).
+    author: gpuforge
+"""
+
+
+def worker_nice() -> int:
+    """The niceness to give the workers, from GPUFORGE_WORKER_NICE: a whole number from 0 to 19."""
+    raw = os.environ.get("GPUFORGE_WORKER_NICE", "10")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"GPUFORGE_WORKER_NICE must be a whole number from 0 to 19, not {raw!r}") from None
+    if not 0 <= value <= 19:
+        raise ValueError(f"GPUFORGE_WORKER_NICE must be a whole number from 0 to 19, not {value}")
+    return value
+
+
+class StrategyModule(LinearStrategyModule):
+    def __init__(self, tqm):
+        super().__init__(tqm)
+        self._gpuforge_nice = worker_nice()
+
+    def _queue_task(self, host, task, task_vars, play_context):
+        super()._queue_task(host, task, task_vars, play_context)
+        if not self._gpuforge_nice:
+            return
+        # The worker just started is the one not yet marked (each worker is a new object in its slot).
+        for worker in self._workers:
+            if worker is None or getattr(worker, "_gpuforge_niced", False):
+                continue
+            try:
+                pid = worker.pid
+            except ValueError:  # a closed worker object
+                continue
+            if pid:
+                worker._gpuforge_niced = True
+                with contextlib.suppress(ProcessLookupError):  # already exited: nothing left to slow down
+                    os.setpriority(os.PRIO_PROCESS, pid, self._gpuforge_nice)
