@@ -10,8 +10,9 @@ its workers' CPU time needs. A lower priority for the workers (`nice`) keeps the
 cores stay busy, and lets the loop go first, so the hosts' tasks start sooner. docs/decisions.md
 (Performance) has the measurements.
 
-The priority is GPUFORGE_WORKER_NICE (default 10; 0 leaves the workers as linear does). SSH clients a worker
-starts inherit it; the hosts' own processes are not touched.
+GPUFORGE_WORKER_NICE (default 10; 0 leaves the workers as linear does) is added to the main loop's own
+niceness, up to 19, so no privilege is needed. SSH clients a worker starts (and the ControlPersist master the
+first one leaves) inherit it; the hosts' own processes are not touched.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ DOCUMENTATION = """
     name: gpuforge_linear
     short_description: linear, with the forked workers at a lower CPU priority than the main loop
     description:
-        - Ansible's linear strategy. Each worker it forks runs at C(nice) GPUFORGE_WORKER_NICE (default 10).
+        - Ansible's linear strategy. Each worker it forks runs GPUFORGE_WORKER_NICE (default 10) above the
+          main loop's niceness, up to 19.
     author: gpuforge
 """
 
@@ -45,11 +47,13 @@ def worker_nice() -> int:
 class StrategyModule(LinearStrategyModule):
     def __init__(self, tqm):
         super().__init__(tqm)
-        self._gpuforge_nice = worker_nice()
+        step = worker_nice()
+        # Relative to the loop's own niceness: raising a process's niceness needs no privilege, lowering does.
+        self._gpuforge_nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + step) if step else None
 
     def _queue_task(self, host, task, task_vars, play_context):
         super()._queue_task(host, task, task_vars, play_context)
-        if not self._gpuforge_nice:
+        if self._gpuforge_nice is None:
             return
         # The worker just started is the one not yet marked (each worker is a new object in its slot).
         for worker in self._workers:
