@@ -7,8 +7,8 @@ worker per host and then processes each host's result, and the next task cannot 
 it does, the workers it already forked (templating, SSH) compete with it for the same cores. When there are
 more runnable workers than cores, the loop gets a fair share of a core at best, and each task ends later than
 its workers' CPU time needs. A lower priority for the workers (`nice`) keeps their throughput, because the
-cores stay busy, and lets the loop go first, so the hosts' tasks start sooner. docs/decisions.md
-(Performance) has the measurements.
+cores stay busy, and lets the loop go first, so the hosts' tasks start sooner. README (Performance) has the
+measurements, docs/decisions.md (ansible.cfg) the choice.
 
 GPUFORGE_WORKER_NICE (default 10; 0 leaves the workers as linear does) is added to the main loop's own
 niceness, up to 19, so no privilege is needed. SSH clients a worker starts (and the ControlPersist master the
