@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_playbook
 
 
 def _load(kind, name):
@@ -34,16 +34,10 @@ def play(tmp_path, tasks, check=False, extra_vars=None):
     ] + [{"name": "dump", "ansible.builtin.copy": {
         "content": "{{ {" + ", ".join(f"'{t['name']}': r{i}" for i, t in enumerate(tasks)) + "} | to_json }}",
         "dest": str(tmp_path / "results.json")}, "check_mode": False}]}]))
-    ansible = str(Path(sys.executable).parent / "ansible-playbook")
-    # The controller's own Python runs the modules (a pyenv shim found by discovery may not).
-    cmd = [ansible, "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
-           str(book)] + (["--check"] if check else [])
+    args = ["--check"] if check else []
     if extra_vars:
-        cmd += ["-e", json.dumps(extra_vars)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path,
-                         env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin",
-                              "HOME": str(tmp_path), "ANSIBLE_LOCALHOST_WARNING": "false",
-                              "ANSIBLE_CACHE_PLUGIN": "memory"})
+        args += ["-e", json.dumps(extra_vars)]
+    out = run_playbook(book, *args)
     return out, (json.loads((tmp_path / "results.json").read_text()) if out.returncode == 0 else None)
 
 

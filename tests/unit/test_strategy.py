@@ -1,15 +1,15 @@
 """gpuforge_linear, the project's strategy (ansible.cfg): Ansible's linear strategy with its forked workers at a
-lower CPU priority than the main loop. Run by ansible-playbook on localhost: a task's command inherits its
-worker's niceness, which `nice` (no arguments) prints."""
+lower CPU priority than the main loop, and Jinja's compiled templates kept on disk for the next worker and
+run. Run by ansible-playbook on localhost: a task's command inherits its worker's niceness, which `nice` (no
+arguments) prints; the cache is a directory the tests read."""
 
+import marshal
 import os
-import subprocess
-import sys
-from pathlib import Path
+import stat
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, ansible_env, run_playbook
 
 
 def run(tmp_path, nice, prefix=()):
@@ -19,14 +19,10 @@ def run(tmp_path, nice, prefix=()):
         {"name": "show", "ansible.builtin.debug": {"msg": "NICENESS={{ n.stdout }}"}},
         {"name": "linear order holds: a second task after the first", "ansible.builtin.debug": {"msg": "second"}},
     ]}]))
-    ansible = str(Path(sys.executable).parent / "ansible-playbook")
-    env = {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-           "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_CACHE_PLUGIN": "memory"}
+    env = ansible_env(tmp_path)
     if nice is not None:
         env["GPUFORGE_WORKER_NICE"] = nice
-    return subprocess.run([*prefix, ansible, "-i", "localhost,", "-c", "local", "-e",
-                           f"ansible_python_interpreter={sys.executable}", str(book)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    return run_playbook(book, env=env, prefix=prefix)
 
 
 def niceness(out):
@@ -63,3 +59,91 @@ def test_a_bad_niceness_stops_the_run_with_what_is_allowed(tmp_path, bad):
     out = run(tmp_path, bad)
     assert out.returncode != 0
     assert "GPUFORGE_WORKER_NICE must be a whole number from 0 to 19" in out.stdout + out.stderr
+
+
+# --- Compiled templates -------------------------------------------------------------------------------------
+
+# Templates and expressions of every kind a play evaluates: a task argument, a variable that is a template, a
+# conditional, assert's expressions, a loop. Two set_fact values share their text after the `#jinja2:` header:
+# the overridden delimiters must give each its own compiled code.
+BODY = "[% total %] {{ total }}"
+TEMPLATED = [{"hosts": "localhost", "gather_facts": False,
+              "vars": {"numbers": [1, 2, 3], "total": "{{ numbers | map('int') | sum }}"},
+              "tasks": [
+                  {"name": "sum", "ansible.builtin.set_fact": {
+                      "doubled": "{{ total | int * 2 }}",
+                      "bracketed": "#jinja2:variable_start_string:'[%', variable_end_string:'%]'\n" + BODY,
+                      "braced": BODY}},
+                  {"name": "check", "ansible.builtin.assert": {"that": ["doubled | int == 12", "total is defined"]},
+                   "when": "numbers | length > 2"},
+                  {"name": "each", "ansible.builtin.debug": {"msg": "ITEM={{ item * 10 }}"}, "loop": "{{ numbers }}"},
+                  {"name": "show", "ansible.builtin.debug": {
+                      "msg": "RESULT={{ [doubled, bracketed, braced] | to_json }}"}},
+              ]}]
+
+
+def cached_run(tmp_path, cache):
+    book = tmp_path / "templated.yml"
+    book.write_text(yaml.safe_dump(TEMPLATED))
+    out = run_playbook(book, env=ansible_env(tmp_path, GPUFORGE_TEMPLATE_CACHE=str(cache)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = next(ln for ln in out.stdout.splitlines() if "RESULT=" in ln)
+    items = sorted(ln.strip() for ln in out.stdout.splitlines() if "ITEM=" in ln)
+    return result.split("RESULT=", 1)[1], items, out
+
+
+EXPECTED = ('[12, "6 {{ total }}", "[% total %] 6"]', ['msg: ITEM=10', 'msg: ITEM=20', 'msg: ITEM=30'])
+
+
+def cache_files(cache):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.iterdir()}
+
+
+def test_the_cache_is_filled_and_then_read_instead_of_compiling(tmp_path):
+    cache = tmp_path / "cache"
+    assert cached_run(tmp_path, cache)[:2] == EXPECTED
+    first = cache_files(cache)
+    # Every file is a code object; the directory is the user's alone.
+    assert len(first) >= 8 and all(isinstance(marshal.loads(data), type(compile("", "", "exec")))
+                                   for _, data in first.values())
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    # The second run compiles nothing: a compiled template is written after each compilation, and no file
+    # was written again, or added.
+    assert cached_run(tmp_path, cache)[:2] == EXPECTED
+    assert cache_files(cache) == first
+
+
+def test_a_torn_file_is_compiled_again_and_replaced(tmp_path):
+    cache = tmp_path / "cache"
+    cached_run(tmp_path, cache)
+    for path in cache.iterdir():
+        path.write_bytes(b"torn")
+    assert cached_run(tmp_path, cache)[:2] == EXPECTED
+    assert all(marshal.loads(path.read_bytes()) for path in cache.iterdir())
+
+
+def test_an_empty_setting_compiles_every_template_as_ansible_does(tmp_path):
+    result, items, _ = cached_run(tmp_path, "")
+    assert (result, items) == EXPECTED
+    assert not (tmp_path / "template-cache").exists()
+
+
+def test_a_directory_others_can_write_is_not_used(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    result, items, out = cached_run(tmp_path, cache)
+    assert (result, items) == EXPECTED
+    assert "without a cache" in out.stdout + out.stderr and "others can write to it" in out.stdout + out.stderr
+    assert list(cache.iterdir()) == []
+
+
+def test_the_project_keeps_its_cache_under_dot_cache_which_git_ignores(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpuforge_linear", ROOT / "plugins/strategy/gpuforge_linear.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.delenv("GPUFORGE_TEMPLATE_CACHE", raising=False)
+    assert mod.template_cache_dir() == ROOT / ".cache" / "templates"
+    assert ".cache/" in (ROOT / ".gitignore").read_text().splitlines()
