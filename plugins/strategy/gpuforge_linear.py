@@ -43,7 +43,8 @@ from ansible.module_utils.ansible_release import __version__ as ansible_version
 from ansible.plugins.loader import filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategyModule
 from ansible.utils.display import Display
-from jinja2.utils import internalcode
+from jinja2 import nodes
+from jinja2.utils import _PassArg, internalcode
 
 try:  # ansible-core's templating internals (2.19): without them, templates compile as Ansible ships
     from ansible._internal._templating import _jinja_bits
@@ -82,8 +83,9 @@ def worker_nice() -> int:
 
 class StrategyModule(LinearStrategyModule):
     def __init__(self, tqm):
-        super().__init__(tqm)
+        # Checked before linear's own start, which starts the results thread: a bad value stops the run there.
         step = worker_nice()
+        super().__init__(tqm)
         # Relative to the loop's own niceness: raising a process's niceness needs no privilege, lowering does.
         self._gpuforge_nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + step) if step else None
         # In the main loop, before it forks a worker for this play: every worker inherits the cache.
@@ -114,7 +116,7 @@ class StrategyModule(LinearStrategyModule):
 
 # --- Compiled templates, kept for the next worker and the next run ------------------------------------------
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # More files than this (old sources pile up as the playbooks change): the directory is emptied and refilled.
 CACHE_MAX_FILES = 20000
 
@@ -142,18 +144,23 @@ class TemplateCodeCache:
             digest.update(part.encode("utf-8", "surrogatepass") if isinstance(part, str) else repr(part).encode())
         return self.directory / digest.hexdigest()
 
-    def load(self, key: tuple) -> CodeType | None:
+    def load(self, key: tuple, env) -> CodeType | None:
+        """The code compiled for `key`, if every filter and test it calls is still what it was then."""
         try:
-            code = marshal.loads(self.path(key).read_bytes())
+            fmt, plugins, code = marshal.loads(self.path(key).read_bytes())
         except (OSError, EOFError, ValueError, TypeError):  # not there yet, or a torn or foreign file
             return None
-        return code if isinstance(code, CodeType) else None
+        if fmt != CACHE_FORMAT or not isinstance(code, CodeType):
+            return None
+        if any(plugin_signature(env, kind, name) != signature for kind, name, signature in plugins):
+            return None  # a filter or test that changed how it is called (or went): compile again
+        return code
 
-    def store(self, key: tuple, code: CodeType) -> None:
+    def store(self, key: tuple, env, tree: nodes.Template, code: CodeType) -> None:
         target = self.path(key)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_bytes(marshal.dumps(code))
+            tmp.write_bytes(marshal.dumps((CACHE_FORMAT, plugins_called(env, tree), code)))
             os.replace(tmp, target)  # whole or not at all, for workers reading at the same time
         except (OSError, ValueError):  # ValueError: a constant marshal cannot write; it compiles each time
             with contextlib.suppress(OSError):
@@ -176,6 +183,29 @@ class TemplateCodeCache:
         except OSError as exc:
             return str(exc)
         return None
+
+
+def plugin_signature(env, kind: str, name: str) -> str | None:
+    """What compiled code assumes of a filter or test: that it exists, and which argument Jinja passes it
+    first (context, eval_context, environment: `@pass_context` and the like), which the code generator
+    writes into the call. None: no such plugin."""
+    try:
+        func = (env.filters if kind == "filter" else env.tests).get(name)
+    except Exception:  # a plugin that fails to load: never equal to what a compiled template recorded
+        return "(load error)"
+    if func is None:
+        return None
+    passed = _PassArg.from_obj(func)
+    return passed.name if passed else ""
+
+
+def plugins_called(env, tree: nodes.Template) -> tuple:
+    """Each filter and test a parsed template calls, with its signature now (plugin_signature)."""
+    called = {
+        ("filter" if isinstance(node, nodes.Filter) else "test", node.name)
+        for node in tree.find_all((nodes.Filter, nodes.Test))
+    }
+    return tuple((kind, name, plugin_signature(env, kind, name)) for kind, name in sorted(called))
 
 
 _pending = threading.local()  # the cache key of the expression whose parsed tree compile() is about to compile
@@ -226,14 +256,16 @@ def install_template_cache(cache: TemplateCodeCache | None) -> None:
             return compile_(self, source, name, filename, raw, defer_init)
         if isinstance(source, str):
             key = _cache_key(self, "template", source) + (name, filename, defer_init)
-            if (code := cache.load(key)) is not None:
+            if (code := cache.load(key, self)) is not None:
                 return code
         else:  # compile_expression's parsed tree: keyed by the expression's text, already looked up
             key, _pending.key = getattr(_pending, "key", None), None
             if key is None:
                 return compile_(self, source, name, filename, raw, defer_init)
-        code = compile_(self, source, name, filename, raw, defer_init)
-        cache.store(key, code)
+        code = compile_(self, source, name, filename, raw, defer_init)  # errors raised as Jinja raises them
+        # Parsed again (once per source and cache) for the filters and tests the code calls.
+        tree = self._parse(source, name, filename) if isinstance(source, str) else source
+        cache.store(key, self, tree, code)
         return code
 
     @internalcode
@@ -242,7 +274,7 @@ def install_template_cache(cache: TemplateCodeCache | None) -> None:
         if cache is None or self._debuggable_template_source or not isinstance(source, str):
             return compile_expression(self, source, undefined_to_none)
         key = _cache_key(self, "expression", source)
-        if (code := cache.load(key)) is not None:
+        if (code := cache.load(key, self)) is not None:
             template = self.template_class.from_code(self, code, self.make_globals(None), None)
             return jinja2.environment.TemplateExpression(template, undefined_to_none)
         _pending.key = key

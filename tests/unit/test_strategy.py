@@ -6,6 +6,7 @@ arguments) prints; the cache is a directory the tests read."""
 import marshal
 import os
 import stat
+from types import CodeType
 
 import pytest
 import yaml
@@ -103,9 +104,10 @@ def test_the_cache_is_filled_and_then_read_instead_of_compiling(tmp_path):
     cache = tmp_path / "cache"
     assert cached_run(tmp_path, cache)[:2] == EXPECTED
     first = cache_files(cache)
-    # Every file is a code object; the directory is the user's alone.
-    assert len(first) >= 8 and all(isinstance(marshal.loads(data), type(compile("", "", "exec")))
-                                   for _, data in first.values())
+    # Every file holds a code object, and the filters and tests it calls; the directory is the user's alone.
+    entries = [marshal.loads(data) for _, data in first.values()]
+    assert len(entries) >= 8 and all(isinstance(code, CodeType) for *_, code in entries)
+    assert ("filter", "to_json", "") in {plugin for _, plugins, _ in entries for plugin in plugins}
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     # The second run compiles nothing: a compiled template is written after each compilation, and no file
     # was written again, or added.
@@ -119,7 +121,7 @@ def test_a_torn_file_is_compiled_again_and_replaced(tmp_path):
     for path in cache.iterdir():
         path.write_bytes(b"torn")
     assert cached_run(tmp_path, cache)[:2] == EXPECTED
-    assert all(marshal.loads(path.read_bytes()) for path in cache.iterdir())
+    assert all(isinstance(marshal.loads(path.read_bytes())[-1], CodeType) for path in cache.iterdir())
 
 
 def test_an_empty_setting_compiles_every_template_as_ansible_does(tmp_path):
@@ -147,3 +149,30 @@ def test_the_project_keeps_its_cache_under_dot_cache_which_git_ignores(monkeypat
     monkeypatch.delenv("GPUFORGE_TEMPLATE_CACHE", raising=False)
     assert mod.template_cache_dir() == ROOT / ".cache" / "templates"
     assert ".cache/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+PROBE = {
+    "plain": 'def probe(value):\n    return "plain:" + value\n',
+    "context": 'from jinja2 import pass_context\n\n\n@pass_context\ndef probe(context, value):\n'
+               '    return "context:" + value\n',
+}
+
+
+def test_code_is_compiled_again_when_a_filter_changes_how_jinja_calls_it(tmp_path):
+    # The compiled call passes the context first to a `@pass_context` filter and not to a plain one, so code
+    # compiled for one must not serve the other, though the template's text is the same.
+    filters = tmp_path / "filters"
+    filters.mkdir()
+    book = tmp_path / "probe.yml"
+    book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "probe", "ansible.builtin.debug": {"msg": "PROBE={{ 'x' | probe }}"}}]}]))
+    env = ansible_env(tmp_path, GPUFORGE_TEMPLATE_CACHE=str(tmp_path / "cache"),
+                      ANSIBLE_FILTER_PLUGINS=str(filters), PYTHONDONTWRITEBYTECODE="1")
+    seen = []
+    for kind in ("plain", "context", "plain"):
+        (filters / "probe.py").write_text(PROBE[kind] + '\n\nclass FilterModule:\n    def filters(self):\n'
+                                          '        return {"probe": probe}\n')
+        out = run_playbook(book, env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        seen.append(next(ln for ln in out.stdout.splitlines() if "PROBE=" in ln).split("PROBE=")[1])
+    assert seen == ["plain:x", "context:x", "plain:x"]
