@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""`gpuforge_linear`: Ansible's linear strategy, with two changes for the controller's CPU. README
+"""`gpuforge_linear`: Ansible's linear strategy, with three changes for the controller's CPU. README
 (Performance) has the measurements, docs/decisions.md (ansible.cfg) the choices.
 
 1. Each forked worker runs at a lower CPU priority than the strategy's own loop.
@@ -24,7 +24,12 @@
    project; empty: off). The files are code this process runs, so only a directory that the user alone can
    write is used; a missing, torn or foreign file is compiled again; template debugging
    (`_debuggable_template_source`) bypasses the cache. Only the compilation is cached: every evaluation
-   still runs with that evaluation's variables.
+   still runs with that evaluation's variables. Jinja also writes into the code whether each filter and
+   test it calls gets the context (or eval context, or environment) first; each file records those with
+   that, and a load compiles again when a plugin changed.
+
+3. The filter and test plugins are loaded in the main loop before it forks, so that every worker inherits
+   them instead of finding and loading them again.
 """
 
 from __future__ import annotations
