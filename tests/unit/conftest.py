@@ -1,3 +1,4 @@
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +19,6 @@ def ansible_env(home: Path, **extra: str) -> dict:
 def run_playbook(book: Path, *args: str, env: dict | None = None, prefix: tuple = ()):
     """ansible-playbook on localhost (local connection), from the book's directory, with ansible_env there.
     The controller's own Python runs the modules: a pyenv shim found by discovery may not."""
-    import subprocess
-
     ansible = str(Path(sys.executable).parent / "ansible-playbook")
     return subprocess.run([*prefix, ansible, "-i", "localhost,", "-c", "local", "-e",
                            f"ansible_python_interpreter={sys.executable}", str(book), *args],
