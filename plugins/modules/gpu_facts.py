@@ -14,9 +14,7 @@ description:
     parses C(nvidia-smi -q -x) into the driver and CUDA versions and, per GPU, name, memory, PCI bus id, ECC
     error counts, retired pages, remapped rows, persistence mode, MIG mode and PCIe link generation/width.
   - Sets C(ansible_facts.gpuforge_gpu). Never changes the host.
-  - An action plugin of the same name runs the same scan (module_utils gpuforge_hw's C(gpu_scan)) as a plain
-    script on the host's Python once this run knows that Python, so the read costs the host no AnsiballZ module
-    run; the result says which ran (C(gathered_by), the interpreter's path or C(module)).
+  - The parsing lives in module_utils C(gpuforge_hw) as plain functions, unit-tested on recorded outputs.
 options:
   sysfs_root:
     description: Where sysfs is mounted (tests point it at a recorded tree).
@@ -30,6 +28,16 @@ options:
     description: The file whose presence means the NVIDIA kernel driver is loaded.
     type: path
     default: /proc/driver/nvidia/version
+attributes:
+  check_mode:
+    support: full
+    description: Only reads; runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Changes nothing, so there is no diff.
+  platform:
+    platforms: [debian, ubuntu]
+    description: Linux with PCI sysfs; nvidia-smi from the NVIDIA driver when it is loaded.
 author: gpuforge
 """
 

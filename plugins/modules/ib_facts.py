@@ -21,6 +21,16 @@ options:
     description: The rate every port should run at (e.g. 400 for NDR); 0 checks only the state.
     type: int
     default: 0
+attributes:
+  check_mode:
+    support: full
+    description: Only reads; runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Changes nothing, so there is no diff.
+  platform:
+    platforms: [debian, ubuntu]
+    description: Linux with C(/sys/class/infiniband); C(ibstat) from infiniband-diags when installed.
 author: gpuforge
 """
 

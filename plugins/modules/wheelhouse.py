@@ -59,6 +59,16 @@ options:
     type: list
     elements: str
     default: []
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether the set would be resolved and downloaded again, and changes nothing.
+  diff_mode:
+    support: none
+    description: No diff; the result lists the locked requirements.
+  platform:
+    platforms: [posix]
+    description: Runs on the controller (C(delegate_to) localhost) with pip; the hosts need only the wheels.
 author: gpuforge
 """
 

@@ -1,4 +1,5 @@
-"""gpu_facts and ib_facts run as Ansible modules on the controller, pointed at recorded sysfs trees."""
+"""gpu_facts and ib_facts run as Ansible modules on the controller, pointed at recorded sysfs trees and a
+stand-in nvidia-smi that replays a recorded `nvidia-smi -q -x`."""
 
 import json
 import subprocess
@@ -8,19 +9,21 @@ from pathlib import Path
 from conftest import FIXTURES, ROOT
 
 
-def run_module(name, args):
+def run_module(name, args, check=True):
     ansible = str(Path(sys.executable).parent / "ansible")
-    out = subprocess.run([ansible, "localhost", "-c", "local", "-m", name, "-a", args, "-o"],
+    out = subprocess.run([ansible, "localhost", "-c", "local", "-m", name, "-a", json.dumps(args), "-o",
+                          "-e", f"ansible_python_interpreter={sys.executable}"],
                          capture_output=True, text=True, cwd=ROOT,
                          env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin",
                               "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout.split("=>", 1)[1])
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out, json.loads(out.stdout.split("=>", 1)[1])
 
 
 def test_gpu_facts_on_a_host_without_gpu_skips_nvidia_smi_with_a_reason():
-    res = run_module("gpu_facts", f"sysfs_root={FIXTURES / 'sysfs' / 'no-gpu-vm'} "
-                                  "proc_driver_version=/nonexistent/nvidia/version")
+    _, res = run_module("gpu_facts", {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"),
+                                      "proc_driver_version": "/nonexistent/nvidia/version"})
     facts = res["ansible_facts"]["gpuforge_gpu"]
     assert res["changed"] is False
     assert facts["pci"]["gpu_count"] == 0 and facts["pci"]["hca_count"] == 0
@@ -29,60 +32,42 @@ def test_gpu_facts_on_a_host_without_gpu_skips_nvidia_smi_with_a_reason():
 
 
 def test_ib_facts_without_rdma_devices():
-    res = run_module("ib_facts", f"sysfs_root={FIXTURES / 'sysfs' / 'no-gpu-vm'} expected_rate_gbps=400")
+    _, res = run_module("ib_facts", {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"), "expected_rate_gbps": 400})
     assert res["ansible_facts"]["gpuforge_ib"] == {"devices": {}, "ibstat": None, "problems": []}
 
 
-def test_gpu_facts_action_reads_the_same_as_the_module_without_ansiballz(tmp_path):
-    """The action runs module_utils' gpu_scan as a plain script once the host's Python is known, else the module;
-    both read a loaded driver's nvidia-smi (a recorded H100 output here) and agree."""
-    from test_config_files import play
-
+def test_gpu_facts_reads_a_loaded_drivers_nvidia_smi(tmp_path):
+    """A loaded driver (the /proc file exists) and an nvidia-smi that replays a recorded H100 HGX output."""
     proc_version = tmp_path / "version"
     proc_version.write_text("NVRM version: 550.54.15\n")
     smi = tmp_path / "nvidia-smi"
     smi.write_text(f"#!/bin/sh\ncat {FIXTURES / 'nvidia-smi' / 'h100-hgx-8gpu.xml'}\n")
     smi.chmod(0o755)
-    task = {"name": "scan", "gpu_facts": {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"),
-                                          "proc_driver_version": str(proc_version), "nvidia_smi": str(smi)}}
-    out, script = play(tmp_path, [task])
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert script["scan"]["gathered_by"] == sys.executable and script["scan"]["changed"] is False
-    out, module = play(tmp_path, [task], extra_vars={"ansible_python_interpreter": "auto_silent"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert module["scan"]["gathered_by"] == "module"
-    facts = script["scan"]["ansible_facts"]["gpuforge_gpu"]
-    assert facts == module["scan"]["ansible_facts"]["gpuforge_gpu"]
+    _, res = run_module("gpu_facts", {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"),
+                                      "proc_driver_version": str(proc_version), "nvidia_smi": str(smi)})
+    facts = res["ansible_facts"]["gpuforge_gpu"]
+    assert res["changed"] is False
     assert facts["driver_loaded"] is True and facts["skipped"] is None
     assert len(facts["nvidia_smi"]["gpus"]) == 8
 
 
-def test_gpu_facts_action_fails_with_nvidia_smis_own_words(tmp_path):
-    from test_config_files import play
-
+def test_gpu_facts_fails_with_nvidia_smis_own_words(tmp_path):
     proc_version = tmp_path / "version"
     proc_version.write_text("NVRM\n")
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate' >&2\nexit 9\n")
     smi.chmod(0o755)
-    out, _ = play(tmp_path, [{"name": "scan", "gpu_facts": {"proc_driver_version": str(proc_version),
-                                                            "nvidia_smi": str(smi)}}])
+    out, res = run_module("gpu_facts", {"proc_driver_version": str(proc_version), "nvidia_smi": str(smi)},
+                          check=False)
     assert out.returncode != 0
-    assert "nvidia-smi -q -x failed (rc=9): NVIDIA-SMI has failed" in out.stdout
+    assert "nvidia-smi -q -x failed (rc=9): NVIDIA-SMI has failed" in res["msg"]
 
 
-def test_gpu_facts_action_and_module_agree_when_nvidia_smi_is_missing(tmp_path):
-    from test_config_files import play
-
+def test_gpu_facts_says_when_nvidia_smi_is_missing(tmp_path):
+    """A path that is not an executable counts as 'not installed', not a traceback."""
     proc_version = tmp_path / "version"
     proc_version.write_text("NVRM\n")
-    task = {"name": "scan", "gpu_facts": {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"),
-                                          "proc_driver_version": str(proc_version),
-                                          "nvidia_smi": str(tmp_path / "no-such-nvidia-smi")}}
-    out, script = play(tmp_path, [task])
-    assert out.returncode == 0, out.stdout + out.stderr
-    out, module = play(tmp_path, [task], extra_vars={"ansible_python_interpreter": "auto_silent"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    facts = script["scan"]["ansible_facts"]["gpuforge_gpu"]
-    assert facts == module["scan"]["ansible_facts"]["gpuforge_gpu"]
-    assert facts["skipped"] == "nvidia-smi is not installed"
+    _, res = run_module("gpu_facts", {"sysfs_root": str(FIXTURES / "sysfs" / "no-gpu-vm"),
+                                      "proc_driver_version": str(proc_version),
+                                      "nvidia_smi": str(tmp_path / "no-such-nvidia-smi")})
+    assert res["ansible_facts"]["gpuforge_gpu"]["skipped"] == "nvidia-smi is not installed"
