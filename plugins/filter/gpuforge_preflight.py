@@ -8,12 +8,12 @@ playbooks/preflight.yml calls them on the controller before any host is contacte
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Mapping
+
+from gpuforge import planner
 
 DOCUMENTATION = r"""
 name: gpuforge_preflight
@@ -107,15 +107,6 @@ def _type_problems(host, hvars, spec):
     return problems
 
 
-def _planner():
-    """The planner beside this file (filter plugins are loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "gpuforge_planner", os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpuforge_planner.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def model_fit_problem(group, hosts, first):
     """A serving group that declares its model's config.json must fit its GPUs (the planner decides)."""
     config_path = first.get("vllm_model_config")
@@ -130,7 +121,6 @@ def model_fit_problem(group, hosts, first):
     if not first.get("gpu_memory_gib"):
         return (f"serving group {group}: vllm_model_config is set but gpu_memory_gib is not. Fix: set gpu_memory_gib "
                 "to one GPU's memory in GiB (e.g. 80 for H100 80GB) for the group's hosts.")
-    planner = _planner()
     try:
         planner.plan(
             config,

@@ -41,12 +41,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import importlib.util
+    from . import planner
 
-    root = _root(args)
-    spec = importlib.util.spec_from_file_location("gpuforge_planner", root / "plugins/filter/gpuforge_planner.py")
-    planner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(planner)
     config_path = Path(args.model_dir) / "config.json" if args.model_dir else Path(args.config)
     try:
         config = planner.load_config(config_path)

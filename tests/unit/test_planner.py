@@ -1,11 +1,11 @@
-"""The serving planner (plugins/filter/gpuforge_planner.py) on hand-computed cases."""
+"""The serving planner (src/gpuforge/planner.py) on hand-computed cases."""
 
 import json
 
-import gpuforge_planner as planner
 import pytest
 from conftest import FIXTURES
 
+from gpuforge import planner
 from gpuforge.cli import main
 
 MODELS = FIXTURES / "models"
