@@ -23,6 +23,16 @@ def test_site_provisions_every_lab_host(lab, first_run):
     assert saved["rc"] == 0 and saved["hosts"] == summary["hosts"]
 
 
+def test_site_prints_no_deprecation_warning(first_run):
+    """Ansible's own strategy and modules only: the whole site.yml output has no DEPRECATION WARNING."""
+    _, summary = first_run
+    outputs = list(Path(summary["artifacts"]).glob("*/stdout"))
+    assert outputs, summary["artifacts"]
+    text = "\n".join(p.read_text() for p in outputs)
+    assert "PLAY RECAP" in text
+    assert "DEPRECATION WARNING" not in text, [line for line in text.splitlines() if "DEPRECATION" in line]
+
+
 def test_second_run_changes_nothing(lab, first_run, tmp_path):
     rc, summary = run_playbook(ROOT, "site.yml", "inventories/lab", runs_dir=tmp_path)
     print(f"no-op site.yml run: {summary['duration_s']} s")

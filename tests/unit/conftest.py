@@ -9,11 +9,10 @@ sys.path.insert(0, str(ROOT / "plugins" / "filter"))
 
 
 def ansible_env(home: Path, **extra: str) -> dict:
-    """The environment the unit tests run Ansible in: the project's ansible.cfg (so its strategy and plugins),
-    facts in memory, and HOME and the compiled-template cache under `home`, not the user's or the project's."""
+    """The environment the unit tests run Ansible in: the project's ansible.cfg (so its plugins), facts in
+    memory, and HOME under `home`, not the user's."""
     return {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin", "HOME": str(home),
-            "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_CACHE_PLUGIN": "memory",
-            "GPUFORGE_TEMPLATE_CACHE": str(home / "template-cache"), **extra}
+            "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_CACHE_PLUGIN": "memory", **extra}
 
 
 def run_playbook(book: Path, *args: str, env: dict | None = None, prefix: tuple = ()):

@@ -97,23 +97,3 @@ def test_table_lists_every_noop_run_and_shows_a_change_in_any_of_them():
     five = next(line for line in text.splitlines() if line.lstrip().startswith("5 "))
     assert five.split()[-2] == "1"  # the no-op changed column counts the run with a change, not the median's 0
     assert "(medians; x1.5-x2.333 across the repeats)" in text
-
-
-def test_each_size_starts_without_compiled_templates(tmp_path, monkeypatch):
-    cached = tmp_path / ".cache" / "templates"
-    cached.mkdir(parents=True)
-    (cached / "0123").write_bytes(b"code")
-    (tmp_path / ".cache" / "facts").mkdir()
-    monkeypatch.delenv("GPUFORGE_TEMPLATE_CACHE", raising=False)
-    bench.empty_template_cache(tmp_path)
-    assert not cached.exists() and (tmp_path / ".cache" / "facts").is_dir()
-    # Where the environment names another directory, that one; where it turns the cache off, nothing.
-    other = tmp_path / "elsewhere"
-    other.mkdir()
-    monkeypatch.setenv("GPUFORGE_TEMPLATE_CACHE", str(other))
-    bench.empty_template_cache(tmp_path)
-    assert not other.exists()
-    cached.mkdir()
-    monkeypatch.setenv("GPUFORGE_TEMPLATE_CACHE", "")
-    bench.empty_template_cache(tmp_path)
-    assert cached.is_dir()

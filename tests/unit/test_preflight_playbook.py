@@ -89,3 +89,13 @@ def test_valid_inventory_passes_without_contacting_hosts():
 def test_prod_example_inventory_passes():
     r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os")
     assert r.status == "successful", failure_messages(events)
+
+
+def test_the_projects_configuration_prints_no_deprecation_warning():
+    """A real run with the project's ansible.cfg (its strategy, plugins and settings) prints no DEPRECATION
+    WARNING: ansible-core deprecates third-party strategies and other settings before it removes them."""
+    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os")
+    assert r.status == "successful", failure_messages(events)
+    output = "\n".join(e.get("stdout", "") for e in events)
+    assert "PLAY RECAP" in output  # the run's whole output is here
+    assert "DEPRECATION WARNING" not in output, output
