@@ -1,11 +1,14 @@
 """Day 2 on the lab: a rolling NVIDIA driver upgrade (playbooks/upgrade_drivers.yml) while a load generator sends
 completions through HAProxy the whole time. Runs after site.yml provisioned the lab (driver 535.261.03, the
-inventory's version) and after the serving tests; it leaves the lab at that version again.
+inventory's version) and after the serving tests; it leaves the lab at the target version.
 
-1. 535.261.03 -> 535.309.01 (Debian bookworm-security) across both serving groups: zero failed requests.
-2. The same command again: every group skipped, nothing changed.
-3. Back to 535.261.03 with dpkg made to fail on a host of the second group: the rollout stops, the first group is
-   at the target and serving, the second is out of rotation and reported; without the fault a re-run completes.
+One rollout pass covers the upgrade under load, a fault and the resume, so the tier pays for each group's
+upgrade once:
+1. 535.261.03 -> 535.309.01 (Debian bookworm-security) with dpkg made to fail on a host of the second group: the
+   rollout stops, the first group is at the target and serving, the second is out of rotation and reported.
+2. Without the fault, the same command resumes: the first group is skipped, the second upgraded. Zero failed
+   requests through both runs.
+3. The same command again: every group skipped, nothing changed.
 """
 
 import json
@@ -96,26 +99,47 @@ def api_key(lab, first_run):
     return lab.secrets()["vllm_api_key"]
 
 
-def test_rolling_upgrade_keeps_the_endpoint_answering(lab, api_key, tmp_path):
+def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, api_key, tmp_path):
     hosts = [h for g in GROUPS.values() for h in g]
     assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, START)
     markers = {h: boot_marker(lab, h) for h in hosts}
+    # A package that cannot be installed: every dpkg run on gpu-04 fails (serving_b's worker).
+    ssh(lab, "gpu-04", f"echo 'DPkg::Pre-Invoke {{\"echo gpuforge e2e fault; exit 1\";}};' > {FAULT}")
     with Load(lb_address(lab), api_key) as load:
-        rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "reports", tmp_path / "runs")
+        try:
+            rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "first", tmp_path / "runs")
+            print(f"\nrolling upgrade {START} -> {TARGET} with a fault on gpu-04: {seconds:.0f} s, rc {rc}; "
+                  f"requests answered so far {load.ok}, failed {len(load.failures)}")
+            assert rc != 0
+            # The first group moved to the target and serves; the second is out of rotation and reported.
+            assert [installed(lab, h) for h in GROUPS["serving_a"]] == [TARGET, TARGET]
+            assert all(reports[h]["status"] == "upgraded" for h in GROUPS["serving_a"]), reports
+            assert reports[GROUPS["serving_a"][0]]["lb"]["errors_5xx"] == 0
+            assert reports["gpu-04"]["status"] == "failed"
+            assert reports["gpu-04"]["group"] == "serving_b"
+            assert "driver" in reports["gpu-04"]["failed_task"].lower(), reports["gpu-04"]
+            print(f"  reported: gpu-04 failed at {reports['gpu-04']['failed_task']!r}: "
+                  f"{reports['gpu-04']['error'][:200]}")
+            servers = lb_servers(lab)
+            assert servers["serving_a"] == (2, 0), servers
+            assert servers["serving_b"][1] & 8, servers  # still drained: out of rotation
+            assert complete(lb_address(lab), api_key)[0] == 200
+        finally:
+            ssh(lab, "gpu-04", f"rm -f {FAULT}")
+
+        rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "second", tmp_path / "runs")
         time.sleep(5)  # a few more requests after the last group is back
-    print(f"\nrolling upgrade {START} -> {TARGET}: {seconds:.0f} s; requests answered {load.ok}, "
-          f"failed {len(load.failures)}")
-    for group, members in GROUPS.items():
-        head = reports[members[0]]
-        print(f"  {group}: {head['before']} -> {head['after']} in {head['seconds']} s; through HAProxy during its "
-              f"window {head['lb']['requests']} requests, {head['lb']['errors_5xx']} failed")
+    print(f"re-run without the fault: {seconds:.0f} s; requests answered {load.ok}, failed {len(load.failures)}")
+    head = reports[GROUPS["serving_b"][0]]
+    print(f"  serving_b: {head['before']} -> {head['after']} in {head['seconds']} s; through HAProxy during its "
+          f"window {head['lb']['requests']} requests, {head['lb']['errors_5xx']} failed")
     assert rc == 0, summary["failures"]
+    assert {h: reports[h]["status"] for h in GROUPS["serving_a"]} == dict.fromkeys(GROUPS["serving_a"], "skipped")
+    assert {h: reports[h]["status"] for h in GROUPS["serving_b"]} == dict.fromkeys(GROUPS["serving_b"], "upgraded")
+    assert head["lb"]["errors_5xx"] == 0
     assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, TARGET)
     assert load.failures == [], load.failures
     assert load.ok > 20
-    for members in GROUPS.values():
-        assert all(reports[h]["status"] == "upgraded" for h in members), reports
-        assert reports[members[0]]["lb"]["errors_5xx"] == 0
     # Each host rebooted (the lab's boot marker changed) and every group is back in rotation.
     assert all(boot_marker(lab, h) != markers[h] for h in hosts)
     assert lb_servers(lab) == {g: (2, 0) for g in GROUPS}
@@ -129,37 +153,3 @@ def test_rerun_at_the_target_changes_nothing(lab, api_key, tmp_path):
     assert changed == [], changed
     assert {h: r["status"] for h, r in reports.items() if h != "summary"} == {
         h: "skipped" for g in GROUPS.values() for h in g}
-
-
-def test_failure_in_the_second_group_stops_the_rollout_and_a_rerun_completes(lab, api_key, tmp_path):
-    # A package that cannot be installed: every dpkg run on gpu-04 fails (serving_b's worker).
-    ssh(lab, "gpu-04", f"echo 'DPkg::Pre-Invoke {{\"echo gpuforge e2e fault; exit 1\";}};' > {FAULT}")
-    try:
-        with Load(lb_address(lab), api_key) as load:
-            rc, summary, reports, seconds = upgrade(START, tmp_path / "first", tmp_path / "runs")
-        print(f"\nrollout with a fault on gpu-04: {seconds:.0f} s, rc {rc}; requests answered {load.ok}, "
-              f"failed {len(load.failures)}")
-        assert rc != 0
-        # The first group moved to the target and serves; the second is out of rotation and reported.
-        assert [installed(lab, h) for h in GROUPS["serving_a"]] == [START, START]
-        assert reports["gpu-04"]["status"] == "failed"
-        assert reports["gpu-04"]["group"] == "serving_b"
-        assert "driver" in reports["gpu-04"]["failed_task"].lower(), reports["gpu-04"]
-        print(f"  reported: gpu-04 failed at {reports['gpu-04']['failed_task']!r}: {reports['gpu-04']['error'][:200]}")
-        servers = lb_servers(lab)
-        assert servers["serving_a"] == (2, 0), servers
-        assert servers["serving_b"][1] & 8, servers  # still drained: out of rotation
-        assert load.failures == [], load.failures
-        status, _ = complete(lb_address(lab), api_key)
-        assert status == 200
-    finally:
-        ssh(lab, "gpu-04", f"rm -f {FAULT}")
-
-    rc, summary, reports, seconds = upgrade(START, tmp_path / "second", tmp_path / "runs")
-    print(f"re-run without the fault: {seconds:.0f} s")
-    assert rc == 0, summary["failures"]
-    assert {h: reports[h]["status"] for h in GROUPS["serving_a"]} == dict.fromkeys(GROUPS["serving_a"], "skipped")
-    assert {h: reports[h]["status"] for h in GROUPS["serving_b"]} == dict.fromkeys(GROUPS["serving_b"], "upgraded")
-    hosts = [h for g in GROUPS.values() for h in g]
-    assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, START)
-    assert lb_servers(lab) == {g: (2, 0) for g in GROUPS}
