@@ -64,6 +64,14 @@ def test_drop_in_carries_this_roles_cri_settings(host):
     assert cri["cni"]["bin_dir"] == "/opt/cni/bin"
 
 
+def test_containerd_runs_its_current_configuration(host):
+    """The restart handler ran: containerd became active after its files were last written."""
+    started = int(host.check_output(
+        "systemctl show --timestamp=unix --property=ActiveEnterTimestamp --value containerd").lstrip("@"))
+    for path in (CONFIG, DROPIN):
+        assert int(host.check_output(f"stat -c %Y {path}")) <= started, path
+
+
 def test_cri_plugin_loaded(host):
     plugins = host.check_output("ctr plugins ls")
     assert re.search(r"^io\.containerd\.grpc\.v1\s+cri\s+\S+\s+ok\s*$", plugins, re.M), plugins

@@ -62,6 +62,14 @@ def test_drop_in_keeps_the_rest_of_the_cri_section(host):
     assert cri["cni"]["bin_dir"] == "/usr/lib/cni"
 
 
+def test_containerd_runs_its_current_configuration(host):
+    """The restart handler ran: containerd became active after its files were last written."""
+    started = int(host.check_output(
+        "systemctl show --timestamp=unix --property=ActiveEnterTimestamp --value containerd").lstrip("@"))
+    for path in ("/etc/containerd/config.toml", DROPIN):
+        assert int(host.check_output(f"stat -c %Y {path}")) <= started, path
+
+
 def test_cri_plugin_loaded(host):
     plugins = host.check_output("ctr plugins ls")
     assert re.search(r"^io\.containerd\.grpc\.v1\s+cri\s+\S+\s+ok\s*$", plugins, re.M), plugins

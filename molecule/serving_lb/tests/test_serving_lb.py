@@ -7,6 +7,7 @@ as HAProxy sends it.
 """
 
 import json
+import re
 import time
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
@@ -79,6 +80,13 @@ def test_listeners(host):
     sock = host.file(SOCKET)
     assert sock.is_socket
     assert (sock.user, sock.group, sock.mode) == ("root", "haproxy", 0o660)
+
+
+def test_running_haproxy_has_the_current_configuration(host):
+    """The reload handler ran: the HAProxy process serving now started after haproxy.cfg was last written."""
+    uptime = int(re.search(r"^Uptime_sec: (\d+)$", admin(host, "show info"), re.M).group(1))
+    now = int(host.check_output("date +%s"))
+    assert int(host.check_output(f"stat -c %Y {CONFIG}")) <= now - uptime
 
 
 def test_one_server_per_serving_group(host):
