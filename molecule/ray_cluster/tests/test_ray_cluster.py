@@ -59,6 +59,16 @@ def test_node_environment_names_the_fabric(host):
     assert env["VLLM_HOST_IP"] in host.run("hostname -I").stdout.split()
 
 
+def test_the_unit_runs_with_its_current_files(host):
+    # Every file Ray reads is older than the running unit: no change is left waiting for a restart.
+    started = host.run("systemctl show --timestamp=unix --property=ActiveEnterTimestamp --value ray-head")
+    assert started.rc == 0 and started.stdout.strip().startswith("@"), started.stdout
+    started = int(started.stdout.strip().lstrip("@"))
+    for path in ("/etc/systemd/system/ray-head.service", "/etc/gpuforge/ray/node.env",
+                 "/etc/gpuforge/ray/auth_token", "/opt/gpuforge/venv/gpuforge-ray.lock"):
+        assert int(host.file(path).mtime.timestamp()) <= started, path
+
+
 def test_a_killed_node_is_restarted(host):
     before = alive_nodes(host)[0]["node_id"]
     host.run("systemctl kill --signal=KILL ray-head")

@@ -82,3 +82,14 @@ def test_unit_serves_the_tiny_model_single_node(host):
     assert "--served-model-name gpuforge-tiny" in unit
     assert "--distributed-executor-backend" not in unit  # the CPU backend serves without Ray workers
     assert "--enforce-eager" in unit
+
+
+def test_the_unit_runs_with_its_current_files(host):
+    # Every file vLLM reads, and the model's directory, is older than the running unit.
+    started = host.run("systemctl show --timestamp=unix --property=ActiveEnterTimestamp --value vllm")
+    assert started.rc == 0 and started.stdout.strip().startswith("@"), started.stdout
+    started = int(started.stdout.strip().lstrip("@"))
+    for path in ("/etc/systemd/system/vllm.service", "/etc/gpuforge/vllm/api-key.env", "/etc/gpuforge/ray/node.env",
+                 "/etc/gpuforge/ray/auth_token", "/opt/gpuforge/venv/gpuforge-vllm.lock",
+                 "/srv/models/gpuforge-tiny-llama"):
+        assert int(host.file(path).mtime.timestamp()) <= started, path
