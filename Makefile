@@ -1,4 +1,4 @@
-# gpuforge: `make lab` provisions the local lab; `make test` runs every test tier (shared/DESIGN.md section 6).
+# gpuforge: `make lab` provisions the local lab; `make test` runs every test tier (docs/architecture.md, "Tests").
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help

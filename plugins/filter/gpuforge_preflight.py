@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Preflight checks of a gpuforge inventory (shared/DESIGN.md sections 3 and 7).
+"""Preflight checks of a gpuforge inventory (docs/architecture.md, "Preflight").
 
 Pure functions: they take the inventory's group tree (from `ansible-inventory --graph`) and each host's
 variables, and return a list of problems, each naming the host or group, the variable and the fix.

@@ -11,7 +11,7 @@ ansible.cfg and once per lever with that one setting put back to Ansible's defau
 (ANSIBLE_*), so each figure is the lever's own share. Fact gathering is measured apart, with the setup module.
 
 The aggregation (`profile`, `compare`, `table`) is pure, so unit tests feed it summaries. Targets are
-printed against the figures, never asserted: a 2-core machine's timings are not a test (README, Performance).
+printed against the figures, never asserted: a 2-core machine's timings are not a test (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LEVERS: dict[str, dict[str, str]] = {
     "forks 2 (below the host count)": {"ANSIBLE_FORKS": "2"},
     "no fact cache (gathering implicit)": {"ANSIBLE_GATHERING": "implicit", "ANSIBLE_CACHE_PLUGIN": "memory"},
 }
-# Measured only where it is installed (pip install mitogen): not a project dependency (README, Performance).
+# Measured only where it is installed (pip install mitogen): not a project dependency (docs/performance.md).
 # Its SSH layer ignores the inventory's host-key setting, so the lab's is passed through the environment.
 MITOGEN_LEVER = "mitogen strategy (not adopted)"
 

@@ -1,4 +1,4 @@
-"""The lab: systemd containers that stand in for bare-metal hosts (shared/DESIGN.md section 5).
+"""The lab: systemd containers that stand in for bare-metal hosts (docs/architecture.md, "The lab").
 
 Every object the lab creates carries the Docker label `gpuforge.lab=1`; `down` removes exactly those
 containers and networks, the generated inventory, the lab's SSH key and its vault (secrets and password),
@@ -30,7 +30,7 @@ FABRIC_SUBNET = ipaddress.ip_network("172.28.251.0/24")
 # The NVIDIA driver the lab installs, by Debian release: the versions in Debian's non-free archive.
 LAB_DRIVER_VERSIONS = {"12": "535.261.03-1", "13": "550.163.01-2"}
 
-# Flags that run systemd as PID 1 without --privileged (shared/DESIGN.md section 5). Resource limits stay
+# Flags that run systemd as PID 1 without --privileged (docs/architecture.md, "The lab"). Resource limits stay
 # Docker's: raising memlock above the engine's own hard limit needs CAP_SYS_RESOURCE, which some machines
 # (this project's CI among them) cannot grant; the common role caps its limits to what a container has.
 SYSTEMD_FLAGS = [

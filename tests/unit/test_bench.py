@@ -41,7 +41,7 @@ def test_compare_reports_ratios_and_each_target_met_or_missed():
     assert c["scaling"] == {"from_hosts": 5, "to_hosts": 13, "first_run_ratio": 1.8, "noop_ratio": 1.8,
                             "noop_ratio_range": [1.8, 1.8]}
     met = {t["target"].split(" (")[0].split(",")[0]: t["met"] for t in c["targets"]}
-    assert met == {"no-op re-run <= 0.2 x first run": True, "no-op re-run <= 60 s": True,
+    assert met == {"no-op re-run <= 0.12 x first run": True, "no-op re-run <= 60 s": True,
                    "no-op re-run": False}
 
 

@@ -47,7 +47,27 @@ def test_every_role_has_its_interface_documented():
         readme = (role / "README.md").read_text()
         for var in defaults:
             assert f"`{var}`" in readme, f"{role.name}: README lacks {var}"
-        assert all(v.startswith(f"{role.name}_") for v in defaults)
+        # A role's own inputs carry its prefix; the inventory names several roles share (typed by preflight in
+        # playbooks/vars/inventory_spec.yml) keep theirs, e.g. vllm_port.
+        spec = yaml.safe_load((ROOT / "playbooks/vars/inventory_spec.yml").read_text())
+        shared = set(spec["gpuforge_inventory_spec"])
+        assert [v for v in defaults if not v.startswith(f"{role.name}_") and v not in shared] == [], role.name
+
+
+def test_every_default_says_what_it_is():
+    """defaults/main.yml is a role's manual: each default has a comment on the line above it, or one above the
+    group of related defaults it opens (no blank line between)."""
+    import re
+
+    for path in sorted(ROOT.glob("roles/*/defaults/main.yml")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not re.match(r"^[a-z][a-z0-9_]*:", line):
+                continue
+            above = i - 1
+            while above >= 0 and re.match(r"^([a-z][a-z0-9_]*:|\s)", lines[above]):
+                above -= 1  # the previous defaults of the same group (and their continuation lines)
+            assert above >= 0 and lines[above].startswith("#"), f"{path.relative_to(ROOT)}:{i + 1}: {line}"
 
 
 def test_every_module_documents_itself():
@@ -92,7 +112,7 @@ def test_cli_parses_upgrade_drivers_flags():
 
 
 def test_every_fact_the_project_reads_is_one_preflight_keeps():
-    """Preflight gathers only the facts listed in its `filter` (docs/decisions.md, Performance); a role that
+    """Preflight gathers only the facts listed in its `filter` (docs/architecture.md, "Facts"); a role that
     reads another one would find it undefined on a full run. The project's own facts modules (gpuforge_gpu,
     gpuforge_ib) and service_facts (gathered where it is read) set theirs themselves."""
     import fnmatch
