@@ -48,6 +48,15 @@ LEVERS: dict[str, dict[str, str]] = {
 MITOGEN_LEVER = "mitogen strategy (not adopted)"
 
 
+# Actions that run on the controller only: a host result of one of these runs no module on the host.
+CONTROLLER_ACTIONS = {"set_fact", "debug", "assert", "fail", "include_tasks", "import_tasks", "include_role",
+                      "import_role", "meta", "add_host", "group_by", "include_vars", "validate_argument_spec"}
+
+
+def _short_action(action: str) -> str:
+    return action.rsplit(".", 1)[-1]
+
+
 def profile(summary: dict) -> dict:
     """One run's figures from its summary (runner.run_playbook): wall time, tasks, time per task per host."""
     rows = summary.get("host_results", [])
@@ -82,6 +91,11 @@ def profile(summary: dict) -> dict:
         "outcomes": dict(sorted(outcomes.items())),
         "changed": [f"{r['host']}: {r['task']}" for r in rows if r["outcome"] == "changed"],
         "per_host_s": {h: round(s, 1) for h, s in sorted(per_host.items())},
+        # Host results and module runs on the host (neither skipped nor a controller-side action), per host.
+        "per_host_results": dict(sorted(Counter(r["host"] for r in rows).items())),
+        "per_host_module_runs": dict(sorted(Counter(
+            r["host"] for r in rows
+            if r["outcome"] != "skipped" and _short_action(r.get("action", "")) not in CONTROLLER_ACTIONS).items())),
         "per_task": tasks,
     }
 
@@ -144,6 +158,17 @@ def table(result: dict, top: int = 8) -> str:
                 lines.append(f"{'':>5} no-op runs: " + ", ".join(
                     f"{r['wall_s']:.1f}s ({r.get('controller_cpu_s')}/{r.get('hosts_cpu_s')} CPU s, "
                     f"changed={len(r['changed'])})" for r in s["noop_runs"]))
+        for s in result["sizes"]:
+            noop = s["noop"]
+            gpu = [h for h in noop.get("per_host_results", {}) if h.startswith("gpu-")]
+            if gpu:
+                results = sorted(noop["per_host_results"][h] for h in gpu)
+                runs = sorted(noop.get("per_host_module_runs", {}).get(h, 0) for h in gpu)
+                hosts = len(noop["per_host_results"]) - ("localhost" in noop["per_host_results"])
+                cpu = noop.get("controller_cpu_s")
+                lines.append(f"{s['hosts']:>5} hosts, no-op (median run), per GPU host: host results "
+                             f"{results[0]}-{results[-1]}, module runs {runs[0]}-{runs[-1]}; controller CPU s per "
+                             f"host {round(cpu / hosts, 2) if cpu is not None and hosts else None}")
         for s in result["sizes"]:
             for run in ("first", "noop"):
                 p = s[run]

@@ -4,8 +4,8 @@ tests feed it summaries shaped like runner.run_playbook's."""
 from gpuforge import bench
 
 
-def row(task, host, seconds, outcome="ok", play="P"):
-    return {"play": play, "task": task, "host": host, "outcome": outcome, "seconds": seconds, "action": "x"}
+def row(task, host, seconds, outcome="ok", play="P", action="x"):
+    return {"play": play, "task": task, "host": host, "outcome": outcome, "seconds": seconds, "action": action}
 
 
 def summary(wall, rows, rc=0, tasks=None):
@@ -27,6 +27,17 @@ def test_profile_sums_loops_per_host_and_orders_tasks_by_total():
     assert (apt["task"], apt["hosts"], apt["total_s"], apt["mean_s"], apt["max_s"]) == ("apt", 2, 6.0, 3.0, 4.0)
     assert loop["per_host_s"] == {"a": 2.5}
     assert stat["task"] == "stat"
+
+
+def test_profile_counts_host_results_and_module_runs_per_host():
+    p = bench.profile(summary(10.0, [
+        row("apt", "gpu-01", 1.0, action="ansible.builtin.apt"), row("apt", "gpu-02", 1.0, action="apt"),
+        row("note", "gpu-01", 0.0, action="ansible.builtin.debug"),  # runs on the controller
+        row("stat", "gpu-01", 0.1, "skipped", action="ansible.builtin.stat"),  # skipped: no module ran
+        row("facts", "gpu-01", 0.5, action="gpu_facts"),
+    ]))
+    assert p["per_host_results"] == {"gpu-01": 4, "gpu-02": 1}
+    assert p["per_host_module_runs"] == {"gpu-01": 2, "gpu-02": 1}
 
 
 def size(hosts, first, noop, rc=0):
