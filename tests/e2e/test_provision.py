@@ -53,7 +53,7 @@ def test_check_mode_changes_nothing(lab, first_run, tmp_path):
 
 def test_common_state_on_the_hosts(lab, first_run):
     for host in lab_hosts(lab):
-        out = ssh(lab, host, "cat /etc/apt/apt.conf.d/01gpuforge-proxy; systemctl is-enabled chrony; "
+        out = ssh(lab, host, "cat /etc/apt/apt.conf.d/01gpuforge; systemctl is-enabled chrony; "
                              "systemctl show -p DefaultLimitMEMLOCK; dpkg -s jq | grep '^Status'; "
                              "systemctl is-system-running")
         assert out.returncode == 0, (host, out.stderr)

@@ -16,10 +16,13 @@ def test_base_packages_installed(host):
         assert host.package(pkg).is_installed, pkg
 
 
-def test_apt_goes_through_the_proxy(host):
-    conf = host.file("/etc/apt/apt.conf.d/01gpuforge-proxy")
+def test_apt_goes_through_the_proxy_and_stamps_its_refreshes(host):
+    conf = host.file("/etc/apt/apt.conf.d/01gpuforge")
     assert conf.mode == 0o644
     assert re.search(r'^Acquire::http::Proxy "http://[0-9.]+:3149";$', conf.content_string, re.M)
+    # apt itself parses the file: the proxy and the update-success hook are in its configuration
+    dump = host.check_output("apt-config dump")
+    assert "update-success-stamp" in dump
 
 
 def test_chrony_enabled_with_site_servers(host):
@@ -64,8 +67,7 @@ def test_login_limits_do_not_break_sessions(host):
 def test_unattended_upgrades_policy(host):
     auto = host.file("/etc/apt/apt.conf.d/20auto-upgrades")
     assert auto.contains('^APT::Periodic::Unattended-Upgrade "1";$')
-    block = host.file("/etc/apt/apt.conf.d/51gpuforge-common-blocklist")
-    assert block.contains('"\\^linux-image-amd64\\$";')
+    assert auto.contains('"\\^linux-image-amd64\\$";')
     # apt itself must parse the files and see the blocklist
     dump = host.check_output("apt-config dump Unattended-Upgrade::Package-Blacklist")
     assert "linux-image-amd64" in dump
