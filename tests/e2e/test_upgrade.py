@@ -99,6 +99,13 @@ def api_key(lab, first_run):
     return lab.secrets()["vllm_api_key"]
 
 
+def restaged(summary):
+    """Tasks that resolved, copied or installed a wheel set: an upgrade brings back the Ray and vLLM site.yml
+    installed (the same set inputs as the serving play), it never stages them anew."""
+    steps = ("Resolve and download the set", "Copy the set", "Install the locked set")
+    return [t for t in summary["task_times"] if t.get("changed") and t["task"].startswith(steps)]
+
+
 def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, api_key, tmp_path):
     hosts = [h for g in GROUPS.values() for h in g]
     assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, START)
@@ -111,6 +118,7 @@ def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, 
             print(f"\nrolling upgrade {START} -> {TARGET} with a fault on gpu-04: {seconds:.0f} s, rc {rc}; "
                   f"requests answered so far {load.ok}, failed {len(load.failures)}")
             assert rc != 0
+            assert restaged(summary) == []
             # The first group moved to the target and serves; the second is out of rotation and reported.
             assert [installed(lab, h) for h in GROUPS["serving_a"]] == [TARGET, TARGET]
             assert all(reports[h]["status"] == "upgraded" for h in GROUPS["serving_a"]), reports
@@ -134,6 +142,7 @@ def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, 
     print(f"  serving_b: {head['before']} -> {head['after']} in {head['seconds']} s; through HAProxy during its "
           f"window {head['lb']['requests']} requests, {head['lb']['errors_5xx']} failed")
     assert rc == 0, summary["failures"]
+    assert restaged(summary) == []
     assert {h: reports[h]["status"] for h in GROUPS["serving_a"]} == dict.fromkeys(GROUPS["serving_a"], "skipped")
     assert {h: reports[h]["status"] for h in GROUPS["serving_b"]} == dict.fromkeys(GROUPS["serving_b"], "upgraded")
     assert head["lb"]["errors_5xx"] == 0
