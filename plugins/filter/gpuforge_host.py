@@ -13,11 +13,14 @@ description:
     container runtime. Roles use it to skip, with a message, the steps that need the machine's own kernel,
     clock or devices. Needs the C(virtual) fact subset.
   - C(gpuforge_packages_missing) takes a list of apt package requests (C(name), C(name=version) or
-    C(name=version*), as C(ansible.builtin.apt) takes them, optionally C(name:arch)) and the registered
-    result of C(ansible.builtin.package_facts) (or its C(packages) fact), and returns the requests that fact does not satisfy: the package is
-    not installed, or no installed version matches the requested one. An empty list means an C(apt) run with
-    C(state=present) would change nothing, so roles skip it. When the fact is missing (not read in this run)
-    every request is returned, so apt decides.
+    C(name=version*), as C(ansible.builtin.apt) takes them, optionally C(name:arch)) and the installed packages,
+    and returns the requests they do not satisfy: the package is not installed, or no installed version
+    matches the requested one. An empty list means an C(apt) run with C(state=present) would change nothing,
+    so roles skip it.
+  - The installed packages are the registered result of C(dpkg-query --show
+    --showformat='${Package} ${Version} ${db:Status-Abbrev}\n') (role common's C(common_installed_packages)),
+    or the C(packages) fact of C(ansible.builtin.package_facts). When they are missing (not read in this run,
+    or the read was skipped) every request is returned, so apt decides.
 """
 
 CONTAINER_TYPES = ("docker", "container", "containerd", "podman", "lxc", "systemd-nspawn")
@@ -28,22 +31,36 @@ def in_container(facts):
     return facts.get("virtualization_role") == "guest" and facts.get("virtualization_type") in CONTAINER_TYPES
 
 
+def installed_versions(installed) -> dict[str, list[str]]:
+    """Package name -> installed versions, from a dpkg-query result or package_facts' packages fact."""
+    if not isinstance(installed, dict):
+        return {}
+    if "stdout" in installed or "stdout_lines" in installed:
+        versions: dict[str, list[str]] = {}
+        lines = installed.get("stdout_lines") or str(installed.get("stdout", "")).splitlines()
+        for line in lines:
+            fields = line.split()
+            # ${db:Status-Abbrev}: the second letter is the package's state, "i" when installed.
+            if len(fields) >= 3 and len(fields[2]) >= 2 and fields[2][1] == "i":
+                versions.setdefault(fields[0].split(":", 1)[0], []).append(fields[1])
+        return versions
+    if "skipped" in installed or "failed" in installed or "rc" in installed:
+        return {}
+    return {name: [entry.get("version", "") for entry in entries or []] for name, entries in installed.items()}
+
+
 def packages_missing(requests, installed):
-    """The apt requests that package_facts' result (or its packages dict) `installed` does not satisfy."""
+    """The apt requests that the installed packages do not satisfy."""
     if isinstance(requests, str):
         requests = [requests]
-    if isinstance(installed, dict) and "ansible_facts" in installed:
-        installed = installed["ansible_facts"].get("packages")
-    elif isinstance(installed, dict) and "skipped" in installed:
-        installed = None
-    if not installed:
+    versions = installed_versions(installed)
+    if not versions:
         return list(requests)
     missing = []
     for request in requests:
         name, _, version = str(request).partition("=")
-        name = name.split(":", 1)[0]
-        versions = [entry.get("version", "") for entry in installed.get(name) or []]
-        if not versions or (version and not any(fnmatchcase(v, version) for v in versions)):
+        found = versions.get(name.split(":", 1)[0], [])
+        if not found or (version and not any(fnmatchcase(v, version) for v in found)):
             missing.append(request)
     return missing
 

@@ -1,49 +1,63 @@
-"""gpuforge_packages_missing: when an apt install step can be skipped, judged from package_facts' output."""
+"""gpuforge_packages_missing: when an apt install step can be skipped, judged from one read of dpkg's database."""
 
 import gpuforge_host as host
 
-# The shape ansible.builtin.package_facts gives with the apt manager.
-INSTALLED = {
+# common's read: dpkg-query --show --showformat='${Package} ${Version} ${db:Status-Abbrev}\n', as registered.
+DPKG = {
+    "changed": False, "rc": 0,
+    "stdout_lines": [
+        "chrony 4.3-2+deb12u1 ii ",
+        "nvidia-smi 535.261.03-1 hi ",
+        "libc6 2.36-9+deb12u10 ii ",
+        "libc6 2.36-9+deb12u10 ii ",
+        "socat 1.7.4.4-2 rc ",  # removed, its configuration kept: not installed
+        "nvidia-persistenced 535.171.04-1~deb12u1 iU ",  # unpacked, not configured: not installed
+    ],
+}
+
+# ansible.builtin.package_facts' packages fact, also accepted.
+PACKAGE_FACTS = {
     "chrony": [{"name": "chrony", "version": "4.3-2+deb12u1", "arch": "amd64", "source": "apt"}],
-    "nvidia-driver": [{"name": "nvidia-driver", "version": "535.247.01-1~deb12u1", "arch": "amd64",
-                       "source": "apt"}],
-    "libc6": [{"name": "libc6", "version": "2.36-9", "arch": "amd64", "source": "apt"},
-              {"name": "libc6", "version": "2.36-9", "arch": "i386", "source": "apt"}],
+    "nvidia-smi": [{"name": "nvidia-smi", "version": "535.261.03-1", "arch": "amd64", "source": "apt"}],
 }
 
 
 def test_installed_names_are_satisfied():
-    assert host.packages_missing(["chrony", "libc6"], INSTALLED) == []
+    assert host.packages_missing(["chrony", "libc6", "nvidia-smi"], DPKG) == []
 
 
 def test_a_package_not_installed_is_missing():
-    assert host.packages_missing(["chrony", "socat"], INSTALLED) == ["socat"]
+    assert host.packages_missing(["chrony", "jq"], DPKG) == ["jq"]
+
+
+def test_removed_or_half_installed_packages_are_missing():
+    assert host.packages_missing(["socat", "nvidia-persistenced"], DPKG) == ["socat", "nvidia-persistenced"]
 
 
 def test_exact_version_must_match():
-    assert host.packages_missing(["nvidia-driver=535.247.01-1~deb12u1"], INSTALLED) == []
-    assert host.packages_missing(["nvidia-driver=550.163.01-1"], INSTALLED) == ["nvidia-driver=550.163.01-1"]
+    assert host.packages_missing(["nvidia-smi=535.261.03-1"], DPKG) == []
+    assert host.packages_missing(["nvidia-smi=535.309.01-0+deb12u1"], DPKG) == ["nvidia-smi=535.309.01-0+deb12u1"]
 
 
 def test_version_glob_matches_as_apt_does():
-    assert host.packages_missing(["nvidia-driver=535.*"], INSTALLED) == []
-    assert host.packages_missing(["nvidia-driver=580*"], INSTALLED) == ["nvidia-driver=580*"]
+    assert host.packages_missing(["nvidia-smi=535.*"], DPKG) == []
+    assert host.packages_missing(["nvidia-smi=580*"], DPKG) == ["nvidia-smi=580*"]
 
 
 def test_architecture_qualifier_names_the_package():
-    assert host.packages_missing(["libc6:i386"], INSTALLED) == []
+    assert host.packages_missing(["libc6:amd64"], DPKG) == []
 
 
 def test_a_single_name_is_taken_as_a_list():
-    assert host.packages_missing("socat", INSTALLED) == ["socat"]
+    assert host.packages_missing("jq", DPKG) == ["jq"]
 
 
-def test_without_the_fact_every_request_goes_to_apt():
+def test_the_package_facts_form_works_too():
+    assert host.packages_missing(["chrony", "nvidia-smi=535.261.03-1", "jq"], PACKAGE_FACTS) == ["jq"]
+
+
+def test_without_a_read_every_request_goes_to_apt():
     assert host.packages_missing(["chrony"], None) == ["chrony"]
     assert host.packages_missing(["chrony"], {}) == ["chrony"]
-
-
-def test_the_registered_result_of_package_facts_works_too():
-    assert host.packages_missing(["chrony", "socat"], {"changed": False, "ansible_facts": {"packages": INSTALLED}}) \
-        == ["socat"]
     assert host.packages_missing(["chrony"], {"skipped": True, "changed": False}) == ["chrony"]
+    assert host.packages_missing(["chrony"], {"failed": True, "rc": 2, "stdout_lines": []}) == ["chrony"]
