@@ -14,8 +14,8 @@ description:
     clock or devices. Needs the C(virtual) fact subset.
   - C(gpuforge_packages_missing) takes a list of apt package requests (C(name), C(name=version) or
     C(name=version*), as C(ansible.builtin.apt) takes them, optionally C(name:arch)) and the installed packages,
-    and returns the requests they do not satisfy: the package is not installed, or no installed version
-    matches the requested one. An empty list means an C(apt) run with C(state=present) would change nothing,
+    and returns the requests they do not satisfy (the package is not installed, or no installed version
+    matches the requested one). An empty list means an C(apt) run with C(state=present) would change nothing,
     so roles skip it.
   - The installed packages are the registered result of C(dpkg-query --show
     --showformat='${Package} ${Version} ${db:Status-Abbrev}\n') (role common's C(common_installed_packages)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping
 
@@ -94,17 +95,40 @@ def _type_problems(host, hvars, spec):
             continue
         one = {name: {k: v for k, v in opts.items() if k in ("type", "choices", "elements")}}
         result = ArgumentSpecValidator(one).validate({name: hvars[name]})
+        secret = opts.get("no_log")
         if result.error_messages:
-            fix = opts.get("fix") or opts.get("description", "")
-            if isinstance(fix, list):
-                fix = " ".join(fix)
-            secret = opts.get("no_log")
-            shown = "<hidden: no_log>" if secret else repr(hvars[name])
             why = f"not a valid {opts.get('type')}" if secret else result.error_messages[0]  # it quotes the value
-            problems.append(
-                f"host {host}: variable {name} = {shown} is invalid ({why}). Fix: {fix}".rstrip()
-            )
+        else:
+            why = _bound_problem(result.validated_parameters[name], opts)
+        if why:
+            shown = "<hidden: no_log>" if secret else repr(hvars[name])
+            problems.append(f"host {host}: variable {name} = {shown} is invalid ({why}). Fix: {_fix(opts)}".rstrip())
     return problems
+
+
+def _fix(opts):
+    fix = opts.get("fix") or opts.get("description", "")
+    return " ".join(fix) if isinstance(fix, list) else fix
+
+
+def _bound_problem(value, opts):
+    """The spec's bounds (min, max, above, min_length, pattern) against a value of the right type; None if met.
+    Never quotes the value: a secret's bounds are checked here too."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return "not a finite number"
+        if "min" in opts and value < opts["min"]:
+            return f"below the minimum {opts['min']}"
+        if "above" in opts and value <= opts["above"]:
+            return f"must be above {opts['above']}"
+        if "max" in opts and value > opts["max"]:
+            return f"above the maximum {opts['max']}"
+    if isinstance(value, str):
+        if "min_length" in opts and len(value) < opts["min_length"]:
+            return f"shorter than {opts['min_length']} characters"
+        if "pattern" in opts and not re.fullmatch(opts["pattern"], value):
+            return f"does not match {opts['pattern']}"
+    return None
 
 
 def model_fit_problem(group, hosts, first):
@@ -114,10 +138,10 @@ def model_fit_problem(group, hosts, first):
         return None
     try:
         with open(str(config_path)) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as exc:
-        return (f"serving group {group}: vllm_model_config {config_path} cannot be read ({exc}). Fix: point it at "
-                "the model's config.json on the controller.")
+            config = planner.check_config(json.load(f))
+    except (OSError, ValueError) as exc:  # a PlanError is a ValueError: not an object, or a size that is no number
+        return (f"serving group {group}: vllm_model_config {config_path} cannot be used ({exc}). Fix: point it at "
+                "the model's config.json (a Hugging Face config, a JSON object) on the controller.")
     if not first.get("gpu_memory_gib"):
         return (f"serving group {group}: vllm_model_config is set but gpu_memory_gib is not. Fix: set gpu_memory_gib "
                 "to one GPU's memory in GiB (e.g. 80 for H100 80GB) for the group's hosts.")
@@ -231,9 +255,28 @@ def inventory_problems(tree, hostvars, spec=None):
         if len(in_groups) > 1:
             problems.append(f"host {host}: is in {len(in_groups)} serving groups ({', '.join(in_groups)}). "
                             "Fix: a host serves one replica; keep it in one serving group.")
-    if groups and not _members(tree, "lb"):
+    lb_hosts = _members(tree, "lb")
+    if groups and not lb_hosts:
         problems.append("inventory: group lb is missing or empty while serving groups exist. Fix: add the "
                         "host(s) that run the load balancer in front of the serving groups under lb.")
+    heads = {hosts[0]: group for group, hosts in groups.items() if hosts}
+    for host in lb_hosts:
+        if host in heads:
+            lb_port = _as_int(hv(host).get("serving_lb_port", 8000))
+            vllm_port = _as_int(hv(host).get("vllm_port", 8000))
+            if lb_port == vllm_port:
+                problems.append(f"host {host}: is a load balancer (lb) and the head of serving group "
+                                f"{heads[host]}, and both HAProxy (serving_lb_port) and vLLM (vllm_port) want port "
+                                f"{lb_port}. Fix: run the load balancer on a host that does not serve, or give "
+                                "the two different ports.")
+    # Secrets every serving host (and the load balancer's readiness check) needs: present, never printed.
+    needs = {"vllm_api_key": sorted(set(membership) | (set(lb_hosts) if groups else set())),
+             "ray_auth_token": sorted(membership)}
+    for var, hosts in needs.items():
+        missing = [h for h in hosts if hv(h).get(var) in (None, "")]
+        if missing:
+            fix = _fix(spec.get(var, {})) or f"set {var} in vault."
+            problems.append(f"hosts {', '.join(missing)}: variable {var} is not set. Fix: {fix}")
 
     # Kubernetes
     control_plane = _members(tree, "kube_control_plane")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -45,9 +46,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     config_path = Path(args.model_dir) / "config.json" if args.model_dir else Path(args.config)
     try:
-        config = planner.load_config(config_path)
-    except (OSError, ValueError) as exc:
-        print(f"gpuforge: error: cannot read the model's config.json ({config_path}): {exc}", file=sys.stderr)
+        config = planner.check_config(planner.load_config(config_path))
+    except (OSError, ValueError) as exc:  # PlanError is a ValueError
+        print(f"gpuforge: error: cannot use the model's config.json ({config_path}): {exc}", file=sys.stderr)
         return 2
     try:
         result = planner.plan(
@@ -91,6 +92,37 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most 1, got {text!r}")
     return value
 
 
@@ -158,15 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", help="a config.json file")
     plan.add_argument("--dtype", help="weights: bfloat16, float16, fp8, int8, int4, awq, gptq (default: config's)")
     plan.add_argument("--kv-cache-dtype", default="auto", help="auto (16-bit), fp8")
-    plan.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU, GiB")
-    plan.add_argument("--gpus-per-host", type=int, required=True)
-    plan.add_argument("--hosts", type=int, default=1, help="hosts in the serving group (default 1)")
-    plan.add_argument("--context-len", type=int, help="tokens per sequence (default: max_position_embeddings)")
-    plan.add_argument("--concurrency", type=int, default=16, help="sequences served at once (default 16)")
-    plan.add_argument("--tp", type=int, help="tensor parallel size to check (default: choose)")
-    plan.add_argument("--pp", type=int, help="pipeline parallel size to check (default: choose)")
-    plan.add_argument("--utilization", type=float, default=0.9, help="vLLM gpu_memory_utilization (default 0.9)")
-    plan.add_argument("--reserve-gib", type=float, default=2.0, help="activations/CUDA graphs per GPU (default 2)")
+    plan.add_argument("--gpu-memory-gib", type=_positive_float, required=True, help="memory of one GPU, GiB")
+    plan.add_argument("--gpus-per-host", type=_positive, required=True)
+    plan.add_argument("--hosts", type=_positive, default=1, help="hosts in the serving group (default 1)")
+    plan.add_argument("--context-len", type=_positive,
+                      help="tokens per sequence (default: max_position_embeddings)")
+    plan.add_argument("--concurrency", type=_positive, default=16, help="sequences served at once (default 16)")
+    plan.add_argument("--tp", type=_positive, help="tensor parallel size to check (default: choose)")
+    plan.add_argument("--pp", type=_positive, help="pipeline parallel size to check (default: choose)")
+    plan.add_argument("--utilization", type=_fraction, default=0.9,
+                      help="vLLM gpu_memory_utilization, above 0 and at most 1 (default 0.9)")
+    plan.add_argument("--reserve-gib", type=_non_negative_float, default=2.0,
+                      help="activations/CUDA graphs per GPU (default 2)")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
 

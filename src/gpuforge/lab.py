@@ -191,7 +191,7 @@ class Lab:
     def vault_file(self) -> Path:
         return self.inventory.parent / "group_vars" / "all" / "vault.yml"
 
-    def _ensure_secrets(self) -> None:
+    def ensure_secrets(self) -> None:
         """Generate the lab's API key and Ray token once; keep them while the lab exists."""
         if self.vault_password.exists() and self.vault_file.exists():
             return
@@ -247,7 +247,7 @@ class Lab:
             self._docker("run", "-d", "--name", h.container, "--label", f"gpuforge.lab.config={config}",
                          *run_args, tag)
             self._docker("network", "connect", "--ip", h.fabric_ip, FABRIC_NET, h.container)
-        self._ensure_secrets()
+        self.ensure_secrets()
         tinymodel.write(self.model_dir)
         self.write_inventory()
         self.wait_ready()

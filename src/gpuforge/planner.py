@@ -38,8 +38,40 @@ class PlanError(ValueError):
     """The request cannot be planned (bad input, or no layout fits)."""
 
 
+# config.json fields the arithmetic reads: each must be a whole number of at least 1 where present.
+_CONFIG_SIZES = ("num_parameters", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+                 "intermediate_size", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def _positive_int(value):
+    """value as an int when it is a whole number >= 1 (int, or a string or float that is one), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number < 1 or number != int(number):
+        return None
+    return int(number)
+
+
+def check_config(config):
+    """Refuse a config.json the arithmetic cannot use: not an object, or a size that is not a whole number >= 1."""
+    if not isinstance(config, dict):
+        raise PlanError(f"config.json must be a JSON object (a model's Hugging Face config), not a "
+                        f"{type(config).__name__}")
+    for field in _CONFIG_SIZES:
+        if config.get(field) is not None and _positive_int(config[field]) is None:
+            raise PlanError(f"config.json field {field} = {config[field]!r} is not a whole number of at least 1")
+    if not config.get("num_parameters") and not config.get("num_attention_heads"):
+        raise PlanError("config.json lacks num_attention_heads; give the model's config.json")
+    return config
+
+
 def count_parameters(config):
     """Parameters of a decoder-only transformer described by config.json (Llama/Qwen/Mistral layout)."""
+    check_config(config)
     if config.get("num_parameters"):
         return int(config["num_parameters"])
     try:
@@ -108,12 +140,21 @@ def plan(config, *, dtype, gpu_memory_gib, gpus_per_host, hosts, context_len, co
          tensor_parallel_size=None, pipeline_parallel_size=None, gpu_memory_utilization=0.9,
          reserve_gib=2.0, kv_cache_dtype="auto"):
     """Validate the given TP/PP, or choose one, for a serving group; raise PlanError when nothing fits."""
-    for name, value in (("gpu_memory_gib", gpu_memory_gib), ("gpus_per_host", gpus_per_host), ("hosts", hosts),
-                        ("context_len", context_len), ("concurrency", concurrency)):
-        if not value or value <= 0:
-            raise PlanError(f"{name} must be positive, got {value!r}")
-    if not 0 < gpu_memory_utilization <= 1:
-        raise PlanError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    check_config(config)
+    for name, value in (("gpus_per_host", gpus_per_host), ("hosts", hosts), ("context_len", context_len),
+                        ("concurrency", concurrency)):
+        if _positive_int(value) is None:
+            raise PlanError(f"{name} must be a whole number of at least 1, got {value!r}")
+    for name, value in (("tensor_parallel_size", tensor_parallel_size),
+                        ("pipeline_parallel_size", pipeline_parallel_size)):
+        if value is not None and _positive_int(value) is None:
+            raise PlanError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if not _finite(gpu_memory_gib) or gpu_memory_gib <= 0:
+        raise PlanError(f"gpu_memory_gib must be a positive finite number, got {gpu_memory_gib!r}")
+    if not _finite(gpu_memory_utilization) or not 0 < gpu_memory_utilization <= 1:
+        raise PlanError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    if not _finite(reserve_gib) or reserve_gib < 0:
+        raise PlanError(f"reserve_gib must be a finite number of at least 0, got {reserve_gib!r}")
     usable = gpu_memory_gib * gpu_memory_utilization - reserve_gib
     total_gpus = gpus_per_host * hosts
     common = {"dtype": dtype, "context_len": context_len, "concurrency": concurrency,
@@ -147,6 +188,10 @@ def plan(config, *, dtype, gpu_memory_gib, gpus_per_host, hosts, context_len, co
         f"({context_len} tokens x {concurrency} sequences) = {f['total_gib']:.1f} GiB, but has "
         f"{usable:.1f} GiB usable ({gpu_memory_gib} GiB x {gpu_memory_utilization} - {reserve_gib} GiB reserve). "
         "Use more GPUs per serving group, a quantized model, a shorter context or fewer concurrent sequences.")
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_config(path):

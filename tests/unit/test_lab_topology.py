@@ -59,8 +59,11 @@ def test_generated_inventory_passes_preflight(tmp_path: Path):
     assert children["kube_nodes"] == {"children": {"gpu_nodes": None}}
     assert data["all"]["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / ".lab" / "ssh" / "id_ed25519")
     # Flatten the way Ansible would and run the same checks preflight runs.
-    hv = {h: dict(v, gpu_count=4) for h, v in children["gpu_nodes"]["hosts"].items()}
-    hv.update(children["lb"]["hosts"])
+    lab.ensure_secrets()  # the vault `lab up` writes: its secrets must pass preflight's checks too
+    shared = lab.secrets()
+    assert set(shared) == {"vllm_api_key", "ray_auth_token"}
+    hv = {h: dict(v, gpu_count=4, **shared) for h, v in children["gpu_nodes"]["hosts"].items()}
+    hv.update({h: dict(v, **shared) for h, v in children["lb"]["hosts"].items()})
     graph = "@all:\n  |--@gpu_nodes:\n" + "".join(f"  |  |--{h}\n" for h in children["gpu_nodes"]["hosts"])
     graph += "  |--@serving:\n"
     for g, body in children["serving"]["children"].items():

@@ -76,7 +76,7 @@ def test_bad_input_names_the_field():
     with pytest.raises(planner.PlanError, match="unknown dtype or quantization 'int3'"):
         planner.plan(model("llama-3-70b.json"), dtype="int3", gpu_memory_gib=80, gpus_per_host=8, hosts=1,
                      context_len=4096, concurrency=1)
-    with pytest.raises(planner.PlanError, match="gpu_memory_gib must be positive"):
+    with pytest.raises(planner.PlanError, match="gpu_memory_gib must be a positive finite number"):
         planner.plan(model("llama-3-70b.json"), dtype="fp16", gpu_memory_gib=0, gpus_per_host=8, hosts=1,
                      context_len=4096, concurrency=1)
 
@@ -91,3 +91,62 @@ def test_plan_command(capsys):
                "--gpus-per-host", "8", "--context-len", "8192"])
     assert rc == 1
     assert "does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"gpu_memory_gib": float("inf")}, "gpu_memory_gib must be a positive finite number, got inf"),
+    ({"gpu_memory_gib": float("nan")}, "gpu_memory_gib must be a positive finite number"),
+    ({"tensor_parallel_size": -8, "pipeline_parallel_size": -1}, "tensor_parallel_size must be a whole number"),
+    ({"tensor_parallel_size": 0}, "tensor_parallel_size must be a whole number of at least 1, got 0"),
+    ({"pipeline_parallel_size": -2}, "pipeline_parallel_size must be a whole number of at least 1, got -2"),
+    ({"gpu_memory_utilization": 2.5}, r"gpu_memory_utilization must be in \(0, 1\], got 2.5"),
+    ({"hosts": 0}, "hosts must be a whole number of at least 1, got 0"),
+    ({"reserve_gib": float("inf")}, "reserve_gib must be a finite number"),
+])
+def test_non_positive_or_non_finite_numbers_are_refused(kwargs, message):
+    args = {"dtype": "fp16", "gpu_memory_gib": 80, "gpus_per_host": 8, "hosts": 1, "context_len": 4096,
+            "concurrency": 1, **kwargs}
+    with pytest.raises(planner.PlanError, match=message):
+        planner.plan(model("llama-3-70b.json"), **args)
+
+
+@pytest.mark.parametrize("config,message", [
+    ([], "config.json must be a JSON object .*, not a list"),
+    ({**json.loads((MODELS / "llama-3-70b.json").read_text()), "num_attention_heads": 0},
+     "field num_attention_heads = 0 is not a whole number of at least 1"),
+    ({**json.loads((MODELS / "llama-3-70b.json").read_text()), "hidden_size": "big"},
+     "field hidden_size = 'big' is not a whole number of at least 1"),
+    ({"model_type": "llama"}, "lacks num_attention_heads"),
+])
+def test_unusable_configs_are_refused_naming_the_field(config, message):
+    with pytest.raises(planner.PlanError, match=message):
+        planner.plan(config, dtype="fp16", gpu_memory_gib=80, gpus_per_host=8, hosts=1, context_len=4096,
+                     concurrency=1)
+
+
+@pytest.mark.parametrize("content", ["[]", '{"num_attention_heads": 0, "hidden_size": 8}',
+                                     '{"num_attention_heads": 8, "max_position_embeddings": "long"}', "{not json"])
+def test_plan_command_refuses_a_bad_config_without_a_traceback(tmp_path, capsys, content):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    rc = main(["plan", "--config", str(path), "--gpu-memory-gib", "80", "--gpus-per-host", "8"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"gpuforge: error: cannot use the model's config.json ({path}): "), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tp", "-8", "--pp", "-1"], "--tp: expected 1 or more, got -8"),
+    (["--tp", "0"], "--tp: expected 1 or more, got 0"),
+    (["--gpu-memory-gib", "inf"], "--gpu-memory-gib: expected a finite number, got 'inf'"),
+    (["--gpu-memory-gib", "-80"], "--gpu-memory-gib: expected a number above 0"),
+    (["--utilization", "2.5"], "--utilization: expected a number above 0 and at most 1"),
+])
+def test_plan_command_refuses_bad_numbers(capsys, flags, message):
+    argv = ["plan", "--config", str(MODELS / "llama-3-70b.json"), "--gpu-memory-gib", "80", "--gpus-per-host", "8"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv + flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err

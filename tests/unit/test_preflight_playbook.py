@@ -34,7 +34,22 @@ CASES = {
     "host_directly_in_serving": "host gpu-04: listed directly under group serving",
     "model_does_not_fit": "serving group serving_b: the model does not fit: with tensor parallel 8 x pipeline "
                           "parallel 2 each GPU needs",
+    "missing_secrets": "hosts gpu-01, gpu-02, gpu-03, gpu-04, lb-01: variable vllm_api_key is not set. Fix: put "
+                       "vllm_api_key, at least 32 characters",
+    "short_api_key": "host gpu-01: variable vllm_api_key = <hidden: no_log> is invalid (shorter than 32 "
+                     "characters)",
+    "negative_parallel_sizes": "host gpu-03: variable vllm_tensor_parallel_size = -8 is invalid (below the minimum 1)",
+    "port_out_of_range": "host gpu-03: variable vllm_port = 70000 is invalid (above the maximum 65535)",
+    "memory_utilization_above_one": "host gpu-03: variable vllm_gpu_memory_utilization = 2.5 is invalid (above the "
+                                    "maximum 1)",
+    "served_name_with_space": "host gpu-03: variable vllm_served_model_name = 'llama 70b' is invalid (does not match",
+    "model_config_not_an_object": "serving group serving_b: vllm_model_config ",
+    "lb_is_serving_head": "host gpu-01: is a load balancer (lb) and the head of serving group serving_a, and both "
+                          "HAProxy (serving_lb_port) and vLLM (vllm_port) want port 8000",
 }
+# The example leaves its secrets to the operator's vault (README: Secrets); its preflight gets made-up ones.
+EXAMPLE_SECRETS = {"vllm_api_key": "example-api-key-0123456789abcdef-0123",
+                   "ray_auth_token": "example-ray-token-0123456789abcdef-01"}
 
 
 def run_preflight(inventory: Path, **kwargs):
@@ -87,14 +102,23 @@ def test_valid_inventory_passes_without_contacting_hosts():
 
 
 def test_prod_example_inventory_passes():
-    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os")
+    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os", extravars=EXAMPLE_SECRETS)
     assert r.status == "successful", failure_messages(events)
+
+
+def test_prod_example_without_its_vault_is_refused_naming_both_secrets():
+    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os")
+    assert r.status == "failed"
+    msgs = failure_messages(events)
+    assert any("variable vllm_api_key is not set" in m for m in msgs), msgs
+    assert any("variable ray_auth_token is not set" in m for m in msgs), msgs
+    assert hosts_touched(events) == {"localhost"}
 
 
 def test_the_projects_configuration_prints_no_deprecation_warning():
     """A real run with the project's ansible.cfg (its strategy, plugins and settings) prints no DEPRECATION
     WARNING: ansible-core deprecates third-party strategies and other settings before it removes them."""
-    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os")
+    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os", extravars=EXAMPLE_SECRETS)
     assert r.status == "successful", failure_messages(events)
     output = "\n".join(e.get("stdout", "") for e in events)
     assert "PLAY RECAP" in output  # the run's whole output is here
