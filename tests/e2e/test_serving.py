@@ -45,6 +45,24 @@ def complete(address, key, prompt="Hello, the cluster", max_tokens=8, timeout=60
         return 0, str(exc)
 
 
+def request(address, path, method="GET", key=None, body=None, timeout=60):
+    """One request to address:PORT; returns (HTTP status, parsed JSON body or text)."""
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://{address}:{PORT}{path}", data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, text = resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode(errors="replace")
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
 def alive_nodes(lab, head):
     out = ssh(lab, head, "ray list nodes --format json --limit 1000 --filter state=ALIVE")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -77,6 +95,41 @@ def test_haproxy_passes_a_missing_or_wrong_key_to_vllm_which_refuses_it(lab, api
     assert status == 401, body
     status, body = complete(lb_address(lab), api_key[::-1])
     assert status == 401, body
+
+
+@pytest.mark.parametrize("path,method", [("/invocations", "POST"), ("/tokenize", "POST"), ("/metrics", "GET"),
+                                         ("/docs", "GET"), ("/v1/completions/../../invocations", "POST")])
+def test_paths_outside_the_allowlist_are_refused_by_the_load_balancer(lab, api_key, path, method):
+    """vLLM answers these without a key (its key guards only /v1); HAProxy answers 404 itself, key or not."""
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2} if method == "POST" else None
+    for key in (None, api_key):
+        status, answer = request(lb_address(lab), path, method, key=key, body=body)
+        assert status == 404, (path, key is not None, answer)
+        assert answer["error"]["type"] == "NotFoundError", answer  # HAProxy's answer, not vLLM's
+
+
+def test_the_health_path_is_answered_by_the_load_balancer(lab, api_key):
+    assert request(lb_address(lab), "/health") == (200, "ok")
+
+
+def test_chat_completions_and_models_through_the_load_balancer(lab, api_key):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "ignore_eos": True}
+    status, answer = request(lb_address(lab), "/v1/chat/completions", "POST", key=api_key, body=body)
+    assert status == 200, answer
+    assert answer["choices"][0]["message"]["role"] == "assistant"
+    assert answer["usage"]["completion_tokens"] == 4, answer["usage"]
+    status, answer = request(lb_address(lab), "/v1/models", key=api_key)
+    assert status == 200 and [m["id"] for m in answer["data"]] == [MODEL], answer
+    assert request(lb_address(lab), "/v1/chat/completions", "POST", key=api_key[::-1], body=body)[0] == 401
+
+
+def test_vllm_listens_on_the_address_the_load_balancer_reaches_not_on_every_interface(lab, api_key):
+    for names in lab.topology.serving_groups.values():
+        head = host(lab, names[0])
+        out = ssh(lab, head.name, f"ss -ltnH 'sport = :{PORT}'")
+        assert out.returncode == 0, out.stderr
+        local = sorted({line.split()[3] for line in out.stdout.splitlines() if line.strip()})
+        assert local == [f"{head.mgmt_ip}:{PORT}"], (head.name, out.stdout)
 
 
 def test_ray_status_on_each_head_shows_both_hosts_with_their_gpus(lab, api_key):

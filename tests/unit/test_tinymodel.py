@@ -150,6 +150,17 @@ def test_tokenizer_special_tokens_match_config(tokenizer):
     assert (tokenizer_config["bos_token"], tokenizer_config["eos_token"]) == (tm.BOS, tm.EOS)
 
 
+def test_chat_template_renders_a_conversation_with_the_generation_prompt():
+    """vLLM answers /v1/chat/completions only for a tokenizer with a chat template; it renders it with Jinja."""
+    import jinja2
+
+    template = json.loads(tm.files()["tokenizer_config.json"])["chat_template"]
+    rendered = jinja2.Environment().from_string(template).render(
+        bos_token=tm.BOS, add_generation_prompt=True,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
+    assert rendered == f"{tm.BOS}system: Be brief.\nuser: Hello\nassistant:"
+
+
 def test_bytes_to_unicode_is_gpt2s_reversible_map():
     b2u = tm.bytes_to_unicode()
     assert len(b2u) == 256 and len(set(b2u.values())) == 256

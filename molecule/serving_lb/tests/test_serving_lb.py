@@ -2,13 +2,15 @@
 
 Molecule has no vLLM: converge points serving_a and serving_b at closed ports (127.0.0.1:18001 and :18002) and
 puts serving_b in maintenance with the set_state entry point. Everything checked here is real: HAProxy's own
-validation, its runtime API, what the frontend answers with no server up, and the readiness check's request
-as HAProxy sends it.
+validation, its runtime API, what the frontend answers with no server up (and, to any path outside the
+allowlist, without choosing a server), and the readiness check's request as HAProxy sends it.
 """
 
 import json
 import re
 import time
+
+import pytest
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 SOCKET = "/run/haproxy/admin.sock"
@@ -115,14 +117,37 @@ def test_set_state_put_serving_b_in_maintenance(host):
     assert status["serving_b"] == "MAINT"
 
 
-def test_frontend_answers_503_without_a_server(host):
-    code = host.check_output(
-        "python3 -c 'import urllib.request, urllib.error\n"
+def request(host, path, method="GET"):
+    """(status, body) of one request to the endpoint, without a key."""
+    script = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(\"http://127.0.0.1:8000\" + sys.argv[1], method=sys.argv[2],\n"
+        "                             data=b\"{}\" if sys.argv[2] == \"POST\" else None)\n"
         "try:\n"
-        "    print(urllib.request.urlopen(\"http://127.0.0.1:8000/v1/models\", timeout=30).status)\n"
+        "    r = urllib.request.urlopen(req, timeout=30); print(json.dumps([r.status, r.read().decode()]))\n"
         "except urllib.error.HTTPError as e:\n"
-        "    print(e.code)'")
-    assert code == "503"
+        "    print(json.dumps([e.code, e.read().decode()]))\n")
+    return tuple(json.loads(host.check_output(f"python3 -c '{script}' '{path}' {method}")))
+
+
+def test_frontend_answers_503_without_a_server(host):
+    assert request(host, "/v1/models")[0] == 503
+    assert request(host, "/v1/completions", "POST")[0] == 503
+
+
+@pytest.mark.parametrize("path,method", [
+    ("/invocations", "POST"), ("/tokenize", "POST"), ("/metrics", "GET"), ("/docs", "GET"), ("/", "GET"),
+    ("/v1/completions/../../invocations", "POST"), ("/v1/models/", "GET"), ("/V1/models", "GET"),
+])
+def test_paths_outside_the_allowlist_get_404_from_haproxy(host, path, method):
+    """404, not the 503 of an allowed path with no server up: HAProxy answered without choosing a server."""
+    status, body = request(host, path, method)
+    assert status == 404, (path, body)
+    assert json.loads(body)["error"]["code"] == 404
+
+
+def test_health_path_is_answered_by_haproxy_from_the_groups_in_rotation(host):
+    assert request(host, "/health") == (503, "no serving group in rotation")
 
 
 def test_statistics_page_answers(host):

@@ -15,7 +15,7 @@ body = json.dumps({"model": "MODEL_NAME", "prompt": "Hello", "max_tokens": 4, "i
 headers = {"Content-Type": "application/json"}
 if key:
     headers["Authorization"] = "Bearer " + key
-req = urllib.request.Request("http://127.0.0.1:8000/v1/completions", data=body, headers=headers)
+req = urllib.request.Request("http://" + sys.argv[2] + ":8000/v1/completions", data=body, headers=headers)
 try:
     with urllib.request.urlopen(req, timeout=60) as resp:
         print(resp.read().decode()); print(resp.status)
@@ -24,8 +24,13 @@ except urllib.error.HTTPError as exc:
 """.replace("MODEL_NAME", MODEL)
 
 
+def address(host):
+    """The container's address: converge binds vLLM there, as a load balancer would reach it."""
+    return host.check_output("hostname -I").split()[0]
+
+
 def completion(host, key):
-    out = host.run("python3 -c %s %s", CLIENT, key or "")
+    out = host.run("python3 -c %s %s %s", CLIENT, key or "", address(host))
     assert out.rc == 0, out.stderr
     return out
 
@@ -35,6 +40,12 @@ def test_vllm_unit_runs_as_ray(host):
     assert unit.is_running and unit.is_enabled
     user = host.run("systemctl show -p User --value vllm").stdout.strip()
     assert user == "ray"
+
+
+def test_vllm_listens_on_its_address_only(host):
+    assert host.socket(f"tcp://{address(host)}:8000").is_listening
+    assert not host.socket("tcp://0.0.0.0:8000").is_listening
+    assert not host.socket("tcp://127.0.0.1:8000").is_listening
 
 
 def test_completion_with_the_key(host):
