@@ -15,12 +15,34 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(args.project).resolve() if args.project else project_root()
 
 
+def _locked(args: argparse.Namespace, command: str, run) -> int:
+    """Run `run()` holding the cluster lock (gpuforge.lock); exit 3 when another run holds it."""
+    from . import lock
+
+    root = _root(args)
+    owner = lock.new_owner(command)
+    try:
+        lock.take(root, args.inventory, owner, break_lock=args.break_lock)
+    except lock.LockError as exc:
+        print(f"gpuforge: {exc}", file=sys.stderr)
+        return 3
+    try:
+        return run()
+    finally:
+        lock.release(root, args.inventory, owner)
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     from .runner import run_playbook
 
-    rc, _ = run_playbook(_root(args), args.playbook, args.inventory, limit=args.limit, tags=args.tags,
-                         check=args.check)
-    return rc
+    def run() -> int:
+        rc, _ = run_playbook(_root(args), args.playbook, args.inventory, limit=args.limit, tags=args.tags,
+                             check=args.check)
+        return rc
+
+    if args.check:  # a dry run changes nothing: it neither needs nor takes the lock
+        return run()
+    return _locked(args, f"gpuforge provision {args.playbook}", run)
 
 
 def cmd_upgrade_drivers(args: argparse.Namespace) -> int:
@@ -28,9 +50,32 @@ def cmd_upgrade_drivers(args: argparse.Namespace) -> int:
 
     extra = {"nvidia_driver_version": args.version, "driver_upgrade_max_unavailable": args.max_unavailable,
              "driver_upgrade_accept_downtime": args.accept_downtime}
-    rc, _ = run_playbook(_root(args), "playbooks/upgrade_drivers.yml", args.inventory, limit=args.limit,
-                         extra_vars=extra)
-    return rc
+
+    def run() -> int:
+        rc, _ = run_playbook(_root(args), "playbooks/upgrade_drivers.yml", args.inventory, limit=args.limit,
+                             extra_vars=extra)
+        return rc
+
+    return _locked(args, f"gpuforge upgrade-drivers --version {args.version}", run)
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from . import lock
+
+    owner = lock.new_owner("gpuforge lock")
+    rc, msgs = lock.act(_root(args), args.inventory, "break" if args.break_lock else "check", owner)
+    holder = lock.holder_from(msgs)
+    if args.break_lock:
+        print("gpuforge: the cluster lock is removed" if rc == 0 else "gpuforge: " + "; ".join(msgs))
+        return 0 if rc == 0 else 1
+    if rc == 0:
+        print("gpuforge: the cluster lock is free")
+        return 0
+    if holder is not None:
+        print(f"gpuforge: the cluster lock is held by {lock.describe(holder)}")
+        return 3
+    print("gpuforge: could not read the cluster lock: " + "; ".join(msgs), file=sys.stderr)
+    return 1
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -171,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--tags", help="only run these tags (comma-separated)")
     prov.add_argument("--check", action="store_true", help="dry run: --check --diff, changes nothing")
     prov.add_argument("--playbook", default="site.yml", help="playbook relative to the project (default site.yml)")
+    prov.add_argument("--break-lock", action="store_true",
+                      help="remove a cluster lock left by a run that is gone, then take it")
     prov.set_defaults(func=cmd_provision)
 
     upg = sub.add_parser("upgrade-drivers", help="rolling NVIDIA driver upgrade, one serving group at a time")
@@ -182,7 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     upg.add_argument("--accept-downtime", action="store_true",
                      help="allow the endpoint to go down (required with a single serving group)")
     upg.add_argument("--limit", help="limit to whole serving groups (Ansible pattern)")
+    upg.add_argument("--break-lock", action="store_true",
+                     help="remove a cluster lock left by a run that is gone, then take it")
     upg.set_defaults(func=cmd_upgrade_drivers)
+
+    lck = sub.add_parser("lock", help="who holds the cluster lock (exit 3 when held); --break removes it")
+    lck.add_argument("-i", "--inventory", required=True, help="inventory path, e.g. inventories/prod")
+    lck.add_argument("--break", dest="break_lock", action="store_true",
+                     help="remove the lock (only when the run that holds it is gone)")
+    lck.set_defaults(func=cmd_lock)
 
     plan = sub.add_parser("plan", help="weights + KV cache per GPU for a serving group; choose or check TP/PP")
     src = plan.add_mutually_exclusive_group(required=True)
