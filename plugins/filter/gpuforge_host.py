@@ -21,6 +21,8 @@ description:
     --showformat='${Package} ${Version} ${db:Status-Abbrev}\n') (role common's C(common_installed_packages)),
     or the C(packages) fact of C(ansible.builtin.package_facts). When they are missing (not read in this run,
     or the read was skipped) every request is returned, so apt decides.
+  - C(gpuforge_installed_version) takes the same installed packages and a package name, and returns its
+    installed version, or an empty string when it is not installed (or nothing was read).
 """
 
 CONTAINER_TYPES = ("docker", "container", "containerd", "podman", "lxc", "systemd-nspawn")
@@ -65,6 +67,13 @@ def packages_missing(requests, installed):
     return missing
 
 
+def installed_version(installed, name):
+    """The installed version of package `name` ("" when it is not installed or nothing was read)."""
+    found = installed_versions(installed).get(str(name).split(":", 1)[0], [])
+    return found[0] if found else ""
+
+
 class FilterModule:
     def filters(self):
-        return {"gpuforge_in_container": in_container, "gpuforge_packages_missing": packages_missing}
+        return {"gpuforge_in_container": in_container, "gpuforge_packages_missing": packages_missing,
+                "gpuforge_installed_version": installed_version}

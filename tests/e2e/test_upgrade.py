@@ -162,3 +162,17 @@ def test_rerun_at_the_target_changes_nothing(lab, api_key, tmp_path):
     assert changed == [], changed
     assert {h: r["status"] for h, r in reports.items() if h != "summary"} == {
         h: "skipped" for g in GROUPS.values() for h in g}
+
+
+def test_site_yml_with_the_old_driver_stops_before_changing_a_serving_host(lab, api_key, tmp_path):
+    """The inventory still names the start driver: site.yml would put it back on every serving host at once
+    (and reboot them all). It stops at the driver role, naming upgrade-drivers, and changes nothing."""
+    rc, summary = run_playbook(ROOT, "site.yml", "inventories/lab", limit="gpu-01", tags="nvidia_driver",
+                               runs_dir=tmp_path)
+    assert rc != 0
+    msgs = [f["msg"] for f in summary["failures"]]
+    assert any(f"would change it to {START}" in m and f"gpuforge upgrade-drivers -i INVENTORY --version {START}" in m
+               for m in msgs), msgs
+    assert [f["host"] for f in summary["failures"]] == ["gpu-01"]
+    assert [t for t in summary["task_times"] if t.get("changed")] == []
+    assert installed(lab, "gpu-01") == TARGET

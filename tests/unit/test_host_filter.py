@@ -61,3 +61,13 @@ def test_without_a_read_every_request_goes_to_apt():
     assert host.packages_missing(["chrony"], {}) == ["chrony"]
     assert host.packages_missing(["chrony"], {"skipped": True, "changed": False}) == ["chrony"]
     assert host.packages_missing(["chrony"], {"failed": True, "rc": 2, "stdout_lines": []}) == ["chrony"]
+
+
+def test_installed_version_reads_a_dpkg_query_result():
+    read = {"stdout_lines": ["nvidia-kernel-dkms 535.261.03-1 hi ", "nvidia-smi 535.261.03-1 ii ",
+                             "old-driver 1.0 rc "], "rc": 0}
+    assert host.installed_version(read, "nvidia-kernel-dkms") == "535.261.03-1"
+    assert host.installed_version(read, "old-driver") == ""  # removed, config files left
+    assert host.installed_version(read, "absent") == ""
+    assert host.installed_version({"stdout": "", "rc": 1}, "nvidia-kernel-dkms") == ""  # not installed
+    assert host.installed_version(None, "nvidia-kernel-dkms") == ""
