@@ -149,6 +149,25 @@ def lab_vault_password(root: Path, inventory: Path) -> Path | None:
     return None
 
 
+def seal_record(private: Path) -> None:
+    """Keep the operator's environment out of a run record and the record to its owner.
+
+    ansible-runner writes the whole environment of ansible-playbook (the operator's shell's, tokens
+    included) into artifacts/<run>/command; only the variables' names are kept. Files become 0600 and
+    directories 0700."""
+    for command in private.glob("artifacts/*/command"):
+        try:
+            record = json.loads(command.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("env"), dict):
+            record["env"] = sorted(record["env"])  # names only
+            command.write_text(json.dumps(record))
+    for path in [private, *private.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def with_localhost(limit: str | None) -> str | None:
     """A --limit that keeps localhost in: preflight validates the inventory in a play on localhost, which a
     limit to some hosts would otherwise skip."""
@@ -174,8 +193,6 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
     runs_dir = runs_dir or root / "runs"
     started = dt.datetime.now(dt.UTC)
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    private = runs_dir / run_id
-    private.mkdir(parents=True, exist_ok=True)
     progress = Progress(out=out, live=out.isatty())
     cmdline = ["--diff"] if check else []
     if check:
@@ -185,6 +202,11 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
         inv_path = (Path.cwd() / inv_path).resolve()
     if not inv_path.exists():
         raise FileNotFoundError(f"inventory {inventory} does not exist")
+    # Run records are the operator's alone: the directories 0700 from the start, every file 0600 at the end.
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir.chmod(0o700)
+    private = runs_dir / run_id
+    private.mkdir(mode=0o700)
     # ansible-playbook lives beside this interpreter (the project's virtualenv), activated or not.
     bindir = os.path.dirname(sys.executable)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
@@ -195,20 +217,23 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
         env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault)
     env.update(env_overrides or {})
     t0 = time.monotonic()
-    r = ansible_runner.run(
-        private_data_dir=str(private),
-        project_dir=str(root),
-        playbook=playbook,
-        inventory=str(inv_path),
-        limit=with_localhost(limit),
-        tags=tags,
-        cmdline=" ".join(cmdline) or None,
-        extravars=extra_vars or None,
-        envvars=env,
-        event_handler=progress.handle,
-        quiet=True,
-        suppress_env_files=True,
-    )
+    try:
+        r = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(root),
+            playbook=playbook,
+            inventory=str(inv_path),
+            limit=with_localhost(limit),
+            tags=tags,
+            cmdline=" ".join(cmdline) or None,
+            extravars=extra_vars or None,
+            envvars=env,
+            event_handler=progress.handle,
+            quiet=True,
+            suppress_env_files=True,  # no env/ files: the environment and passwords stay out of the record
+        )
+    finally:
+        seal_record(private)
     duration = time.monotonic() - t0
     rc = r.rc if r.rc is not None else 1
     if r.status != "successful" and rc == 0:
@@ -232,7 +257,9 @@ def run_playbook(root: Path, playbook: str, inventory: str, *, limit: str | None
         "host_results": progress.host_results,
         "artifacts": str(private / "artifacts"),
     }
-    (private / "summary.json").write_text(json.dumps(summary, indent=2))
+    fd = os.open(private / "summary.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(summary, indent=2))
     out.write("\nRECAP\n" + progress.recap_table() + "\n")
     verdict = "succeeded" if rc == 0 else f"FAILED (rc={rc}; failed hosts: {', '.join(progress.failed_hosts) or '-'})"
     out.write(f"\n{playbook} {verdict} in {duration:.0f} s; summary: "
