@@ -7,10 +7,12 @@ and nothing else.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import ipaddress
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -122,6 +124,10 @@ class Lab:
         self.vault_password = self.state / "vault-password"
         self.model_dir = self.state / "models" / tinymodel.NAME
         self.inventory = root / "inventories" / "lab" / "hosts.yml"
+        # The lab's own certificate authority and the load balancers' certificate, made by `lab up`: the
+        # endpoint serves TLS as in production, and the e2e clients trust this CA only.
+        self.tls_dir = self.state / "tls"
+        self.ca_cert = self.tls_dir / "ca.crt"
 
     # ---------------------------------------------------------------- docker helpers
     @staticmethod
@@ -207,6 +213,65 @@ class Lab:
                        capture_output=True)
         self.vault_file.chmod(0o600)
 
+    def ensure_tls(self) -> None:
+        """Make the lab's CA once, and the load balancers' certificate (their names and addresses) whenever
+        those change. Keys are 0600 in a 0700 directory."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        lbs = [h for h in self.topology.hosts if h.kind == "lb"]
+        names = sorted([x509.DNSName(h.name) for h in lbs], key=str) + \
+            [x509.IPAddress(ipaddress.ip_address(h.mgmt_ip)) for h in lbs]
+        crt_path, key_path = self.tls_dir / "lb.crt", self.tls_dir / "lb.key"
+        if crt_path.exists() and key_path.exists() and self.ca_cert.exists():
+            current = x509.load_pem_x509_certificate(crt_path.read_bytes())
+            sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            if set(map(str, sans)) == set(map(str, names)):
+                return
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        self.tls_dir.chmod(0o700)
+
+        def write_key(path: Path, key) -> None:
+            path.touch(mode=0o600)
+            path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)  # clocks of the lab's hosts may lag a little
+        ca_key_path = self.tls_dir / "ca.key"
+        if ca_key_path.exists() and self.ca_cert.exists():
+            ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+            ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        else:
+            ca_key = ec.generate_private_key(ec.SECP256R1())
+            ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpuforge lab CA")])
+            ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+                  .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+                  .not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+                  .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                  .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                               content_commitment=False, key_encipherment=False,
+                                               data_encipherment=False, key_agreement=False,
+                                               encipher_only=False, decipher_only=False), critical=True)
+                  .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+                  .sign(ca_key, hashes.SHA256()))
+            write_key(ca_key_path, ca_key)
+            self.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        key = ec.generate_private_key(ec.SECP256R1())
+        crt = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, lbs[0].name if lbs else "lb")]))
+               .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(start + dt.timedelta(days=825))
+               .add_extension(x509.SubjectAlternativeName(names), critical=False)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                              critical=False)
+               .sign(ca_key, hashes.SHA256()))
+        write_key(key_path, key)
+        crt_path.write_bytes(crt.public_bytes(serialization.Encoding.PEM))
+
     def secrets(self) -> dict:
         """The lab's decrypted secrets (tests use the API key)."""
         vault_cli = str(Path(sys.executable).parent / "ansible-vault")
@@ -248,6 +313,7 @@ class Lab:
                          *run_args, tag)
             self._docker("network", "connect", "--ip", h.fabric_ip, FABRIC_NET, h.container)
         self.ensure_secrets()
+        self.ensure_tls()
         tinymodel.write(self.model_dir)
         self.write_inventory()
         self.wait_ready()
@@ -304,6 +370,7 @@ class Lab:
         for p in (self.key, self.key.with_suffix(".pub")):
             if p.exists():
                 p.unlink()
+        shutil.rmtree(self.tls_dir, ignore_errors=True)  # the lab's CA and certificates
         if purge:
             out = self._docker("images", "--filter", f"reference={images.IMAGE_REPO}",
                                "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
@@ -356,7 +423,14 @@ class Lab:
                     "serving": {"children": {
                         g: {"hosts": {n: None for n in names}} for g, names in t.serving_groups.items()
                     }},
-                    "lb": {"hosts": lb},
+                    # The endpoint's certificate and key from files on the controller (`lab up` makes them;
+                    # a real site keeps the key in vault).
+                    "lb": {"hosts": lb, "vars": {
+                        "serving_lb_tls_certificate":
+                            f"{{{{ lookup('ansible.builtin.file', '{self.tls_dir / 'lb.crt'}') }}}}",
+                        "serving_lb_tls_private_key":
+                            f"{{{{ lookup('ansible.builtin.file', '{self.tls_dir / 'lb.key'}') }}}}",
+                    }},
                 },
             }
         }

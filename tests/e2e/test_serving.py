@@ -1,17 +1,22 @@
 """Serving on the lab: a Ray cluster per serving group, vLLM (CPU build, gpuforge's tiny model) on each
-group's head, HAProxy on lb-01 in front of both heads. Runs after site.yml provisioned the lab."""
+group's head, HAProxy on lb-01 in front of both heads, over TLS with the lab's own CA. Runs after site.yml
+provisioned the lab."""
 
 import json
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from conftest import ssh
+from conftest import ROOT, ssh
+
+from gpuforge.lab import Lab
 
 MODEL = "gpuforge-tiny"  # vllm_served_model_name in inventories/lab/group_vars/serving.yml
 PORT = 8000
+CA = Lab(ROOT).ca_cert  # `lab up` makes the lab's CA and the load balancer's certificate
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,20 @@ def lb_address(lab):
     return next(h.mgmt_ip for h in lab.topology.hosts if h.kind == "lb")
 
 
+def lb_url(lab):
+    """The endpoint clients use: TLS only."""
+    return f"https://{lb_address(lab)}:{PORT}"
+
+
+def url_for(target):
+    """A base URL as given (the endpoint), or a head's address: plain HTTP on the management network."""
+    return target if "://" in target else f"http://{target}:{PORT}"
+
+
+def context_for(url):
+    return ssl.create_default_context(cafile=str(CA)) if url.startswith("https://") else None
+
+
 def host(lab, name):
     return next(h for h in lab.topology.hosts if h.name == name)
 
@@ -35,9 +54,10 @@ def complete(address, key, prompt="Hello, the cluster", max_tokens=8, timeout=60
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(f"http://{address}:{PORT}/v1/completions", data=body, headers=headers)
+    url = url_for(address)
+    req = urllib.request.Request(f"{url}/v1/completions", data=body, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context_for(url)) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
@@ -51,9 +71,10 @@ def request(address, path, method="GET", key=None, body=None, timeout=60):
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://{address}:{PORT}{path}", data=data, headers=headers, method=method)
+    url = url_for(address)
+    req = urllib.request.Request(f"{url}{path}", data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context_for(url)) as resp:
             status, text = resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         status, text = exc.code, exc.read().decode(errors="replace")
@@ -82,7 +103,7 @@ def lb_server_states(lab):
 
 
 def test_completion_through_haproxy_with_the_api_key(lab, api_key):
-    status, body = complete(lb_address(lab), api_key)
+    status, body = complete(lb_url(lab), api_key)
     assert status == 200, body
     assert body["model"] == MODEL
     assert body["usage"]["completion_tokens"] == 8, body["usage"]
@@ -91,9 +112,9 @@ def test_completion_through_haproxy_with_the_api_key(lab, api_key):
 
 
 def test_haproxy_passes_a_missing_or_wrong_key_to_vllm_which_refuses_it(lab, api_key):
-    status, body = complete(lb_address(lab), None)
+    status, body = complete(lb_url(lab), None)
     assert status == 401, body
-    status, body = complete(lb_address(lab), api_key[::-1])
+    status, body = complete(lb_url(lab), api_key[::-1])
     assert status == 401, body
 
 
@@ -103,24 +124,55 @@ def test_paths_outside_the_allowlist_are_refused_by_the_load_balancer(lab, api_k
     """vLLM answers these without a key (its key guards only /v1); HAProxy answers 404 itself, key or not."""
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2} if method == "POST" else None
     for key in (None, api_key):
-        status, answer = request(lb_address(lab), path, method, key=key, body=body)
+        status, answer = request(lb_url(lab), path, method, key=key, body=body)
         assert status == 404, (path, key is not None, answer)
         assert answer["error"]["type"] == "NotFoundError", answer  # HAProxy's answer, not vLLM's
 
 
+def test_the_endpoint_speaks_tls_only_with_the_lab_certificate(lab, api_key):
+    # Plain HTTP gets no HTTP answer: a client cannot send its key in clear by mistake.
+    status, error = complete(f"http://{lb_address(lab)}:{PORT}", api_key)
+    assert status == 0, error
+    # A client that does not trust the lab's CA refuses the certificate.
+    req = urllib.request.Request(f"{lb_url(lab)}/health")
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(req, timeout=30, context=ssl.create_default_context())
+
+
+def test_the_openai_client_gets_completions_and_chat_over_tls(lab, api_key):
+    """What a user runs: the OpenAI Python client, trusting the lab's CA, against the load balancer."""
+    import httpx2
+    import openai
+
+    def client(key):
+        return openai.OpenAI(base_url=f"{lb_url(lab)}/v1", api_key=key, max_retries=0, timeout=120,
+                             http_client=httpx2.Client(verify=ssl.create_default_context(cafile=str(CA)),
+                                                       trust_env=False))
+
+    with client(api_key) as ok:
+        completion = ok.completions.create(model=MODEL, prompt="Hello", max_tokens=4, extra_body={"ignore_eos": True})
+        assert completion.usage.completion_tokens == 4 and completion.choices[0].text
+        chat = ok.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=4,
+                                          extra_body={"ignore_eos": True})
+        assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 4
+        assert [m.id for m in ok.models.list()] == [MODEL]
+    with client(api_key[::-1]) as wrong, pytest.raises(openai.AuthenticationError):
+        wrong.completions.create(model=MODEL, prompt="Hello", max_tokens=1)
+
+
 def test_the_health_path_is_answered_by_the_load_balancer(lab, api_key):
-    assert request(lb_address(lab), "/health") == (200, "ok")
+    assert request(lb_url(lab), "/health") == (200, "ok")
 
 
 def test_chat_completions_and_models_through_the_load_balancer(lab, api_key):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "ignore_eos": True}
-    status, answer = request(lb_address(lab), "/v1/chat/completions", "POST", key=api_key, body=body)
+    status, answer = request(lb_url(lab), "/v1/chat/completions", "POST", key=api_key, body=body)
     assert status == 200, answer
     assert answer["choices"][0]["message"]["role"] == "assistant"
     assert answer["usage"]["completion_tokens"] == 4, answer["usage"]
-    status, answer = request(lb_address(lab), "/v1/models", key=api_key)
+    status, answer = request(lb_url(lab), "/v1/models", key=api_key)
     assert status == 200 and [m["id"] for m in answer["data"]] == [MODEL], answer
-    assert request(lb_address(lab), "/v1/chat/completions", "POST", key=api_key[::-1], body=body)[0] == 401
+    assert request(lb_url(lab), "/v1/chat/completions", "POST", key=api_key[::-1], body=body)[0] == 401
 
 
 def test_vllm_listens_on_the_address_the_load_balancer_reaches_not_on_every_interface(lab, api_key):
@@ -170,7 +222,7 @@ def test_stopping_one_group_keeps_completions_answering(lab, api_key):
     groups = lab.topology.serving_groups
     stopped_group, names = next(iter(groups.items()))
     head = names[0]
-    address = lb_address(lab)
+    address = lb_url(lab)
     out = ssh(lab, head, "systemctl stop vllm")
     assert out.returncode == 0, out.stderr
     try:

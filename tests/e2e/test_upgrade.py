@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ssh
-from test_serving import complete, lb_address
+from test_serving import complete, lb_url
 
 from gpuforge.runner import run_playbook
 
@@ -112,7 +112,7 @@ def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, 
     markers = {h: boot_marker(lab, h) for h in hosts}
     # A package that cannot be installed: every dpkg run on gpu-04 fails (serving_b's worker).
     ssh(lab, "gpu-04", f"echo 'DPkg::Pre-Invoke {{\"echo gpuforge e2e fault; exit 1\";}};' > {FAULT}")
-    with Load(lb_address(lab), api_key) as load:
+    with Load(lb_url(lab), api_key) as load:
         try:
             rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "first", tmp_path / "runs")
             print(f"\nrolling upgrade {START} -> {TARGET} with a fault on gpu-04: {seconds:.0f} s, rc {rc}; "
@@ -131,7 +131,7 @@ def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, 
             servers = lb_servers(lab)
             assert servers["serving_a"] == (2, 0), servers
             assert servers["serving_b"][1] & 8, servers  # still drained: out of rotation
-            assert complete(lb_address(lab), api_key)[0] == 200
+            assert complete(lb_url(lab), api_key)[0] == 200
         finally:
             ssh(lab, "gpu-04", f"rm -f {FAULT}")
 

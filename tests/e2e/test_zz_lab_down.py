@@ -23,6 +23,7 @@ def test_down_removes_the_lab_and_nothing_else(lab):
         assert not (ROOT / "inventories/lab/hosts.yml").exists()
         assert not lab.key.exists()
         assert not lab.vault_file.exists() and not lab.vault_password.exists()
+        assert not lab.tls_dir.exists()
         assert docker("container", "inspect", bystander, check=False).returncode == 0
         assert docker("network", "inspect", bystander, check=False).returncode == 0
         assert docker("image", "inspect", "gpuforge-lab:debian12", check=False).returncode == 0

@@ -95,3 +95,34 @@ def test_each_serving_group_lists_its_head_first(tmp_path: Path):
         "serving_c": ["gpu-09", "gpu-10", "gpu-11", "gpu-12"],
     }
     assert [next(iter(body["hosts"])) for body in groups.values()] == ["gpu-01", "gpu-05", "gpu-09"]
+
+
+def test_lab_tls_certificate_is_signed_by_the_lab_ca_for_every_load_balancer(tmp_path: Path):
+    import stat
+
+    from cryptography import x509
+
+    lab = Lab(tmp_path, Topology(lb_hosts=2))
+    lab.ensure_tls()
+    crt = x509.load_pem_x509_certificate((lab.tls_dir / "lb.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate(lab.ca_cert.read_bytes())
+    crt.verify_directly_issued_by(ca)
+    sans = crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    lbs = [h for h in lab.topology.hosts if h.kind == "lb"]
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == ["lb-01", "lb-02"]
+    assert sorted(str(a) for a in sans.get_values_for_type(x509.IPAddress)) == sorted(h.mgmt_ip for h in lbs)
+    for key in ("lb.key", "ca.key"):
+        assert stat.S_IMODE((lab.tls_dir / key).stat().st_mode) == 0o600
+    assert stat.S_IMODE(lab.tls_dir.stat().st_mode) == 0o700
+    # Kept while the load balancers stay the same; remade (by the same CA) when they change.
+    before = (lab.tls_dir / "lb.crt").read_bytes()
+    lab.ensure_tls()
+    assert (lab.tls_dir / "lb.crt").read_bytes() == before
+    Lab(tmp_path, Topology(lb_hosts=1)).ensure_tls()
+    after = x509.load_pem_x509_certificate((lab.tls_dir / "lb.crt").read_bytes())
+    after.verify_directly_issued_by(ca)
+    assert after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["lb-01"]
+    # The inventory hands both files to serving_lb.
+    lb_vars = lab.inventory_data()["all"]["children"]["lb"]["vars"]
+    assert str(lab.tls_dir / "lb.key") in lb_vars["serving_lb_tls_private_key"]

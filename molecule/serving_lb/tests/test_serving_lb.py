@@ -117,17 +117,36 @@ def test_set_state_put_serving_b_in_maintenance(host):
     assert status["serving_b"] == "MAINT"
 
 
-def request(host, path, method="GET"):
-    """(status, body) of one request to the endpoint, without a key."""
+CERT = "/root/molecule-endpoint.crt"  # converge's self-signed certificate for 127.0.0.1
+
+
+def request(host, path, method="GET", scheme="https"):
+    """(status, body) of one request to the endpoint, without a key, trusting converge's certificate only."""
     script = (
-        "import json, sys, urllib.request, urllib.error\n"
-        "req = urllib.request.Request(\"http://127.0.0.1:8000\" + sys.argv[1], method=sys.argv[2],\n"
+        "import json, ssl, sys, urllib.request, urllib.error\n"
+        f"ctx = ssl.create_default_context(cafile=\"{CERT}\")\n"
+        "req = urllib.request.Request(sys.argv[3] + \"://127.0.0.1:8000\" + sys.argv[1], method=sys.argv[2],\n"
         "                             data=b\"{}\" if sys.argv[2] == \"POST\" else None)\n"
         "try:\n"
-        "    r = urllib.request.urlopen(req, timeout=30); print(json.dumps([r.status, r.read().decode()]))\n"
+        "    r = urllib.request.urlopen(req, timeout=30, context=ctx)\n"
+        "    print(json.dumps([r.status, r.read().decode()]))\n"
         "except urllib.error.HTTPError as e:\n"
-        "    print(json.dumps([e.code, e.read().decode()]))\n")
-    return tuple(json.loads(host.check_output(f"python3 -c '{script}' '{path}' {method}")))
+        "    print(json.dumps([e.code, e.read().decode()]))\n"
+        "except (urllib.error.URLError, OSError) as e:\n"
+        "    print(json.dumps([0, str(e)]))\n")
+    return tuple(json.loads(host.check_output(f"python3 -c '{script}' '{path}' {method} {scheme}")))
+
+
+def test_the_endpoint_speaks_tls_only(host):
+    """TLS with the converge's certificate (verified against it, hostname included); plain HTTP gets no
+    HTTP answer at all, so a client cannot send its key in clear by mistake."""
+    assert request(host, "/v1/models")[0] == 503
+    status, error = request(host, "/v1/models", scheme="http")
+    assert status == 0, error
+    pem = host.file("/etc/haproxy/tls/endpoint.pem")
+    assert (pem.user, pem.group, pem.mode) == ("root", "root", 0o600)
+    assert host.file("/etc/haproxy/tls").mode == 0o700
+    assert "BEGIN CERTIFICATE" in pem.content_string and "PRIVATE KEY" in pem.content_string
 
 
 def test_frontend_answers_503_without_a_server(host):
