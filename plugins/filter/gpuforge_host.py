@@ -23,6 +23,9 @@ description:
     or the read was skipped) every request is returned, so apt decides.
   - C(gpuforge_installed_version) takes the same installed packages and a package name, and returns its
     installed version, or an empty string when it is not installed (or nothing was read).
+  - C(gpuforge_systemd_quote) quotes a value for a systemd unit (C(exec), an ExecStart argument;
+    C(environment), an Environment= assignment) or an environment file (C(envfile)), so that systemd reads it
+    back unchanged whatever it holds (spaces, quotes, backslashes, % and $); it refuses newlines.
 """
 
 CONTAINER_TYPES = ("docker", "container", "containerd", "podman", "lxc", "systemd-nspawn")
@@ -73,7 +76,30 @@ def installed_version(installed, name):
     return found[0] if found else ""
 
 
+# What systemd expands in each kind of value: % specifiers in unit files, $ variables in Exec lines only.
+# An environment file expands neither, and takes backslash and double quote escaped inside double quotes.
+_SYSTEMD_ESCAPES = {
+    "exec": (("\\", "\\\\"), ('"', '\\"'), ("%", "%%"), ("$", "$$")),
+    "environment": (("\\", "\\\\"), ('"', '\\"'), ("%", "%%")),
+    "envfile": (("\\", "\\\\"), ('"', '\\"')),
+}
+
+
+def systemd_quote(value, context="exec"):
+    """`value` as one double-quoted word that systemd reads back unchanged: an ExecStart argument ("exec"), an
+    Environment= assignment ("environment", give it KEY=VALUE) or a value in an EnvironmentFile ("envfile")."""
+    if context not in _SYSTEMD_ESCAPES:
+        raise ValueError(f"gpuforge_systemd_quote: context must be one of {', '.join(_SYSTEMD_ESCAPES)}, "
+                         f"not {context!r}")
+    text = str(value)
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ValueError("gpuforge_systemd_quote: a value for systemd cannot hold a newline or NUL")
+    for old, new in _SYSTEMD_ESCAPES[context]:
+        text = text.replace(old, new)
+    return f'"{text}"'
+
+
 class FilterModule:
     def filters(self):
         return {"gpuforge_in_container": in_container, "gpuforge_packages_missing": packages_missing,
-                "gpuforge_installed_version": installed_version}
+                "gpuforge_installed_version": installed_version, "gpuforge_systemd_quote": systemd_quote}

@@ -6,6 +6,7 @@ Runs on the provisioned lab and changes serving_a's head only. The setting stays
 next run of serving.yml without it (the upgrade tests run every group's serving roles again)."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -64,7 +65,9 @@ def test_a_restart_interrupted_by_a_killed_run_happens_on_the_next_run(lab, firs
 
     seen = kill_after_the_unit_is_written(lab, head, f"vllm_max_num_seqs={NEW_MAX_NUM_SEQS}")
     unit = ssh(lab, head, "cat /etc/systemd/system/vllm.service").stdout
-    exec_start = " ".join(unit.replace("\\\n", " ").split())  # the unit puts each argument on a line of its own
+    # The unit puts each argument, double-quoted, on a line of its own: read them back as systemd does.
+    block = unit.split("ExecStart=", 1)[1].split("\nRestart=", 1)[0]
+    exec_start = " ".join(shlex.split(block.replace("\\\n", " "))) + " "
     assert f"--max-num-seqs {NEW_MAX_NUM_SEQS} " in exec_start, seen[-20:]
     # The interrupted state: the unit on disk is new, the process serving is the old one.
     assert f"--max-num-seqs {NEW_MAX_NUM_SEQS} " not in vllm_cmdline(lab, head)

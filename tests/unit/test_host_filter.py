@@ -1,6 +1,7 @@
 """gpuforge_packages_missing: when an apt install step can be skipped, judged from one read of dpkg's database."""
 
 import gpuforge_host as host
+import pytest
 
 # common's read: dpkg-query --show --showformat='${Package} ${Version} ${db:Status-Abbrev}\n', as registered.
 DPKG = {
@@ -71,3 +72,21 @@ def test_installed_version_reads_a_dpkg_query_result():
     assert host.installed_version(read, "absent") == ""
     assert host.installed_version({"stdout": "", "rc": 1}, "nvidia-kernel-dkms") == ""  # not installed
     assert host.installed_version(None, "nvidia-kernel-dkms") == ""
+
+
+@pytest.mark.parametrize("value,context,quoted", [
+    ("--enforce-eager", "exec", '"--enforce-eager"'),
+    ('{"temperature": 0.5}', "exec", '"{\\"temperature\\": 0.5}"'),
+    ("50% of $HOME \\ done", "exec", '"50%% of $$HOME \\\\ done"'),
+    ("VLLM_CPU_KVCACHE_SPACE=1 GiB 100%", "environment", '"VLLM_CPU_KVCACHE_SPACE=1 GiB 100%%"'),
+    ('k$y"with\\things%', "envfile", '"k$y\\"with\\\\things%"'),
+])
+def test_systemd_quote_escapes_what_each_context_expands(value, context, quoted):
+    assert host.systemd_quote(value, context) == quoted
+
+
+def test_systemd_quote_refuses_newlines_and_unknown_contexts():
+    with pytest.raises(ValueError, match="newline"):
+        host.systemd_quote("a\nb")
+    with pytest.raises(ValueError, match="context must be one of"):
+        host.systemd_quote("a", "shell")

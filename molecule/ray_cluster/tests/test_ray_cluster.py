@@ -52,8 +52,10 @@ def test_dashboard_only_on_localhost(host):
 
 
 def test_node_environment_names_the_fabric(host):
-    env = dict(line.split("=", 1) for line in host.file("/etc/gpuforge/ray/node.env").content_string.splitlines()
-               if line and not line.startswith("#"))
+    """As the running Ray process has it: systemd read node.env (its values quoted) into its environment."""
+    pid = host.check_output("systemctl show --property=MainPID --value ray-head")
+    environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    env = dict(line.split("=", 1) for line in environ.splitlines() if "=" in line)
     assert set(env) >= {"VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"}
     assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"]
     assert env["VLLM_HOST_IP"] in host.run("hostname -I").stdout.split()

@@ -66,7 +66,7 @@ def test_the_key_is_only_in_a_root_only_file(host):
     keyfile = host.file("/etc/gpuforge/vllm/api-key.env")
     assert (keyfile.user, keyfile.group, keyfile.mode) == ("root", "root", 0o600)
     settings = [ln for ln in keyfile.content_string.splitlines() if ln and not ln.startswith("#")]
-    assert settings == [f"VLLM_API_KEY={KEY}"]
+    assert settings == [f'VLLM_API_KEY="{KEY}"']  # quoted: systemd reads any key back unchanged
     assert KEY not in host.file("/etc/systemd/system/vllm.service").content_string
     assert KEY not in host.run("ps -eo args").stdout
 
