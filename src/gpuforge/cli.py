@@ -16,7 +16,8 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def _locked(args: argparse.Namespace, command: str, run) -> int:
-    """Run `run()` holding the cluster lock (gpuforge.lock); exit 3 when another run holds it."""
+    """Run `run()` holding the cluster lock (gpuforge.lock); exit 3 when another run holds it, 1 when the lock
+    host could not be reached."""
     from . import lock
 
     root = _root(args)
@@ -25,7 +26,7 @@ def _locked(args: argparse.Namespace, command: str, run) -> int:
         lock.take(root, args.inventory, owner, break_lock=args.break_lock)
     except lock.LockError as exc:
         print(f"gpuforge: {exc}", file=sys.stderr)
-        return 3
+        return 3 if exc.holder else 1
     try:
         return run()
     finally:

@@ -106,3 +106,12 @@ def test_the_cli_exits_3_and_runs_nothing_when_the_lock_is_held(host, monkeypatc
     monkeypatch.setattr(runner, "run_playbook", lambda *a, **k: ran.append(a) or (0, {}))
     assert cli.main(["provision", "-i", "inventories/prod"]) == 3
     assert ran == [] and "the cluster is locked by run r9 by bob@ctl-3" in capsys.readouterr().err
+
+
+def test_the_cli_exits_1_when_the_lock_host_cannot_be_reached(monkeypatch, capsys):
+    from gpuforge import cli, runner
+
+    monkeypatch.setattr(lock, "act", lambda *a, **k: (4, ["lb-01: Failed to connect to the host via ssh"]))
+    monkeypatch.setattr(runner, "run_playbook", lambda *a, **k: pytest.fail("the playbook ran without the lock"))
+    assert cli.main(["provision", "-i", "inventories/prod"]) == 1
+    assert "could not take the cluster lock: lb-01: Failed to connect" in capsys.readouterr().err
