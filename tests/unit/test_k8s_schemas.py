@@ -160,6 +160,16 @@ def test_daemonset_follows_the_pinned_release():
     assert "runtimeClassName" not in no_rc["spec"]["template"]["spec"]
 
 
+def test_daemonset_stays_off_the_nodes_whose_gpus_vllm_holds():
+    pod = render("device-plugin-daemonset.yml.j2")[0]["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "gpuforge.io/gpu-owner", "operator": "NotIn", "values": ["vllm"]}]
+    node = render("gpu-node.yml.j2", __gpu_device_plugin_labels={"nvidia.com/gpu.present": "true",
+                                                                 "gpuforge.io/gpu-owner": "vllm"})[0]
+    validate(node)
+    assert node["metadata"]["labels"]["gpuforge.io/gpu-owner"] == "vllm"
+
+
 def test_smoke_pod_requests_one_gpu():
     pod = render("smoke-pod.yml.j2")[0]
     assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}

@@ -123,3 +123,15 @@ def test_the_projects_configuration_prints_no_deprecation_warning():
     output = "\n".join(e.get("stdout", "") for e in events)
     assert "PLAY RECAP" in output  # the run's whole output is here
     assert "DEPRECATION WARNING" not in output, output
+
+
+def test_preflight_says_which_kubernetes_gpu_nodes_keep_their_gpus_for_vllm():
+    """The prod example enables Kubernetes and serves on all four HGX hosts: pods get none of their GPUs."""
+    r, events = run_preflight(ROOT / "inventories" / "prod", skip_tags="preflight_os", extravars=EXAMPLE_SECRETS)
+    assert r.status == "successful", failure_messages(events)
+    said = [e["event_data"]["res"].get("msg", "") for e in events if e.get("event") == "runner_on_ok"
+            and e["event_data"].get("task") == "Say which Kubernetes GPU nodes keep their GPUs for vLLM"]
+    assert said == ["Kubernetes is enabled, and hgx-01, hgx-02, hgx-03, hgx-04 serve vLLM under systemd, which "
+                    "holds their GPUs: the device plugin does not offer those GPUs to pods "
+                    "(gpu_device_plugin_skip_serving_hosts, label gpuforge.io/gpu-owner=vllm). Pods get the GPUs of "
+                    "no host."], said
