@@ -4,6 +4,7 @@ provisioned the lab."""
 
 import json
 import re
+import shlex
 import ssl
 import time
 import urllib.error
@@ -182,6 +183,63 @@ def test_vllm_listens_on_the_address_the_load_balancer_reaches_not_on_every_inte
         assert out.returncode == 0, out.stderr
         local = sorted({line.split()[3] for line in out.stdout.splitlines() if line.strip()})
         assert local == [f"{head.mgmt_ip}:{PORT}"], (head.name, out.stdout)
+
+
+# Run on a worker of the head's group (it has Ray, and the fabric reaches the head): each of the head's Ray
+# endpoints without the token, with a wrong one, and with the right one (proving it answers at all).
+RAY_PROBE = r"""
+import json, os, subprocess, sys, urllib.error, urllib.request
+head, token_path = sys.argv[1], sys.argv[2]
+venv = "/opt/gpuforge/venv/bin/"
+token = open(token_path).read().strip()
+bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+without, wrong = {}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "w" * 48}
+right = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
+def run(argv, env):
+    p = subprocess.run(argv, env={**bare, **env}, capture_output=True, text=True, timeout=90)
+    return [p.returncode, (p.stdout + p.stderr)[-3000:]]
+def http(url, key):
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + key} if key else {})
+    try:
+        return urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as e:
+        return e.code
+# One try (about 5 s) where a refusal is expected; a few where the connection must succeed on a busy lab.
+client = ("from ray.util.client import ray as c; c.connect('%s:10001', connection_retries=%d); "
+          "print(c.get(c.put(7)))")
+out = {}
+for name, env in (("without", without), ("wrong", wrong), ("right", right)):
+    out["gcs_" + name] = run([venv + "ray", "status", "--address", head + ":6379"], env)
+    out["client_" + name] = run([venv + "python", "-c", client % (head, 3 if name == "right" else 0)], env)
+for name, key in (("without", None), ("wrong", "w" * 48), ("right", token)):
+    out["agent_" + name] = http("http://%s:6383/api/job_agent/jobs/" % head, key)
+print(json.dumps(out))
+"""
+
+
+def test_ray_refuses_every_endpoint_without_the_token(lab, api_key):
+    """Ray's token guards the GCS, the client port and the agent's HTTP API on the fabric, and the job API of the
+    dashboard (on the head's loopback): without it or with a wrong one they refuse; with it they answer."""
+    names = lab.topology.serving_groups["serving_a"]
+    head, worker = host(lab, names[0]), names[1]
+    out = ssh(lab, worker, f"/opt/gpuforge/venv/bin/python -c {shlex.quote(RAY_PROBE)} {head.fabric_ip} "
+                           "/etc/gpuforge/ray/auth_token")
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.splitlines()[-1])
+    for refused in ("without", "wrong"):
+        assert seen[f"gcs_{refused}"][0] != 0 and "InvalidAuthToken" in seen[f"gcs_{refused}"][1], seen
+        assert seen[f"client_{refused}"][0] != 0, seen
+        assert seen[f"agent_{refused}"] == 401, seen
+    assert seen["gcs_right"][0] == 0, seen
+    assert seen["client_right"] == [0, seen["client_right"][1]] and "7" in seen["client_right"][1], seen
+    assert seen["agent_right"] == 405, seen  # past the token check: that path takes POST only
+    jobs = ("import sys, urllib.error, urllib.request\n"
+            "req = urllib.request.Request('http://127.0.0.1:8265/api/jobs/', headers={'Authorization': 'Bearer '"
+            " + open('/etc/gpuforge/ray/auth_token').read().strip()} if sys.argv[1] == 'right' else {})\n"
+            "try:\n    print(urllib.request.urlopen(req, timeout=30).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+    codes = {k: ssh(lab, head.name, f"python3 -c {shlex.quote(jobs)} {k}").stdout.strip() for k in ("none", "right")}
+    assert codes == {"none": "401", "right": "200"}, codes
 
 
 def test_ray_status_on_each_head_shows_both_hosts_with_their_gpus(lab, api_key):
