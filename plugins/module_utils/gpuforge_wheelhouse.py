@@ -105,8 +105,47 @@ def pins_from_report(report):
     return sorted(set(pins))
 
 
-def render_lock(pins, header):
-    return "".join(f"# {line}\n" for line in header) + "".join(p + "\n" for p in sorted(set(pins)))
+def hashes_from_report(report):
+    """{canonical name: sha256} of the archives a `pip install --dry-run --report` chose (the index's hashes,
+    or those pip computed for a find-links file)."""
+    hashes = {}
+    for item in report.get("install", []):
+        archive = (item.get("download_info") or {}).get("archive_info") or {}
+        sha = (archive.get("hashes") or {}).get("sha256")
+        if sha:
+            hashes[canonical(item["metadata"]["name"])] = sha
+    return hashes
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wheels_not_matching(directory, wheels, hashes):
+    """[(wheel, found sha256, expected sha256)] for each wheel whose file differs from its expected hash."""
+    bad = []
+    for wheel in wheels:
+        expected = hashes.get(wheel_name_version(wheel)[0])
+        if expected:
+            found = sha256_file(f"{directory}/{wheel}")
+            if found != expected:
+                bad.append((wheel, found, expected))
+    return bad
+
+
+def render_lock(pins, header, hashes=None):
+    """The lock: the header as comments, then one pinned requirement a line, with its sha256 where known (pip
+    then installs it only with --require-hashes)."""
+    hashes = hashes or {}
+    lines = []
+    for pin in sorted(set(pins)):
+        sha = hashes.get(canonical(pin.split("==")[0]))
+        lines.append(pin + (f" --hash=sha256:{sha}" if sha else ""))
+    return "".join(f"# {line}\n" for line in header) + "".join(line + "\n" for line in lines)
 
 
 def stamp(params):

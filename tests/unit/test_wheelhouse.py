@@ -298,3 +298,71 @@ def test_render_lock_writes_the_header_as_comments_then_sorted_unique_pins():
     lock = wh.render_lock(["torch==2.13.0+cpu", "jinja2==3.1.6", "torch==2.13.0+cpu"],
                           ["gpuforge wheelhouse lock", "stamp abc"])
     assert lock == "# gpuforge wheelhouse lock\n# stamp abc\njinja2==3.1.6\ntorch==2.13.0+cpu\n"
+
+
+# ---------------------------------------------------------------- hashes
+
+def test_render_lock_puts_each_pins_sha256_after_it():
+    lock = wh.render_lock(["Jinja2==3.1.6", "six==1.16.0"], ["h"], {"jinja2": "a" * 64})
+    assert lock == f"# h\nJinja2==3.1.6 --hash=sha256:{'a' * 64}\nsix==1.16.0\n"
+
+
+def test_hashes_from_report_reads_the_chosen_archives():
+    report = {"install": [
+        {"metadata": {"name": "Six", "version": "1.16.0"},
+         "download_info": {"url": "https://files.pythonhosted.org/six-1.16.0-py2.py3-none-any.whl",
+                           "archive_info": {"hashes": {"sha256": "8abb" * 16}, "hash": "sha256=" + "8abb" * 16}}},
+        {"metadata": {"name": "local", "version": "1"}, "download_info": {"url": "file:///src", "dir_info": {}}},
+    ]}
+    assert wh.hashes_from_report(report) == {"six": "8abb" * 16}
+
+
+def make_wheel(directory, name, version, body=b"VALUE = 1\n"):
+    """A minimal pure-Python wheel (PEP 427) with a correct RECORD."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": body,
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: gpuforge-test\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in files.items()) + f"{dist}/RECORD,,\n"
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in {**files, f"{dist}/RECORD": record.encode()}.items():
+            zf.writestr(member, data)
+    return path.name
+
+
+def test_a_wheel_changed_after_locking_is_found_and_refused_by_pip(tmp_path):
+    """The lock's hashes against real pip: the set installs with --require-hashes; a wheel changed after the lock
+    was written is named by wheels_not_matching, and pip refuses to install it."""
+    import subprocess
+
+    sets = tmp_path / "set"
+    sets.mkdir()
+    wheels = [make_wheel(sets, "alpha", "1.0"), make_wheel(sets, "beta", "2.0")]
+    hashes = {wh.wheel_name_version(w)[0]: wh.sha256_file(sets / w) for w in wheels}
+    (sets / "requirements.lock").write_text(wh.render_lock(["alpha==1.0", "beta==2.0"], ["test set"], hashes))
+    assert wh.wheels_not_matching(str(sets), wheels, hashes) == []
+
+    def install(target):
+        return subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
+                               "--no-deps", "--require-hashes", "--find-links", str(sets), "--target", str(target),
+                               "-r", str(sets / "requirements.lock")], capture_output=True, text=True, timeout=120)
+
+    ok = install(tmp_path / "ok")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "ok" / "alpha" / "__init__.py").exists()
+
+    beta = sets / wheels[1]
+    beta.unlink()
+    make_wheel(sets, "beta", "2.0", body=b"VALUE = 'tampered'\n")
+    (bad,) = wh.wheels_not_matching(str(sets), wheels, hashes)
+    assert bad[0] == wheels[1] and bad[2] == hashes["beta"] and bad[1] != bad[2]
+    refused = install(tmp_path / "refused")
+    assert refused.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in refused.stderr, refused.stderr
