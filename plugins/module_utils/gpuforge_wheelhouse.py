@@ -148,8 +148,14 @@ def render_lock(pins, header, hashes=None):
     return "".join(f"# {line}\n" for line in header) + "".join(line + "\n" for line in lines)
 
 
+# The lock's format: part of the stamp, so a set staged in an older format (without hashes, which hosts
+# installing with --require-hashes would refuse) is resolved again once.
+LOCK_FORMAT = 2
+
+
 def stamp(params):
     """A digest of everything that decides a set's content: same stamp, same lock."""
     keys = ("requirements", "no_deps", "exclude", "python_version", "machine", "glibc", "extra_args")
     doc = {k: params.get(k) for k in keys}
+    doc["lock_format"] = LOCK_FORMAT
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

@@ -366,3 +366,13 @@ def test_a_wheel_changed_after_locking_is_found_and_refused_by_pip(tmp_path):
     refused = install(tmp_path / "refused")
     assert refused.returncode != 0
     assert "DO NOT MATCH THE HASHES" in refused.stderr, refused.stderr
+
+
+def test_a_set_staged_in_the_older_lock_format_is_resolved_again():
+    """Locks before hashes: hosts installing with --require-hashes would refuse them, so the stamp differs."""
+    import hashlib
+    import json
+
+    keys = ("requirements", "no_deps", "exclude", "python_version", "machine", "glibc", "extra_args")
+    older = hashlib.sha256(json.dumps({k: BASE.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+    assert wh.LOCK_FORMAT == 2 and wh.stamp(BASE) != older
