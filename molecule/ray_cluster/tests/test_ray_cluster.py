@@ -2,6 +2,7 @@
 the pinned Ray, the node's fabric environment, and the restart of a killed node."""
 
 import json
+import re
 import time
 
 RAY_VERSION = "2.60.0"
@@ -33,7 +34,10 @@ def test_pinned_ray_in_the_virtualenv(host):
     out = host.run("/opt/gpuforge/venv/bin/python -c 'import ray; print(ray.__version__)'")
     assert out.rc == 0 and out.stdout.strip() == RAY_VERSION
     lock = host.file("/opt/gpuforge/venv/gpuforge-ray.lock").content_string
-    assert f"ray=={RAY_VERSION}" in lock.splitlines()
+    pins = [line.split() for line in lock.splitlines() if line and not line.startswith("#")]
+    assert [f"ray=={RAY_VERSION}"] in [pin[:1] for pin in pins]
+    # Every pin carries its sha256: the set was installed with --require-hashes.
+    assert pins and all(len(pin) == 2 and re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", pin[1]) for pin in pins), pins
 
 
 def test_token_file_is_private_and_required(host):
