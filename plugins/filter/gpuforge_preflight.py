@@ -169,6 +169,23 @@ def _as_int(value):
         return None
 
 
+FIREWALL_SOURCES = {
+    "firewall_ssh_sources": "list the networks the controller connects from, e.g. [10.0.100.0/24], in "
+                            "group_vars/all (or set firewall_enabled: false to leave the hosts' firewall alone).",
+    "firewall_client_sources": "list the networks clients reach the endpoint from, e.g. [0.0.0.0/0, ::/0].",
+    "firewall_monitoring_sources": "list the addresses of the Prometheus servers outside the inventory, e.g. "
+                                   "[10.0.100.5].",
+}
+
+
+def _is_network(value):
+    try:
+        ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def inventory_problems(tree, hostvars, spec=None):
     """Every problem found in the inventory; an empty list means it is sound."""
     spec = spec or {}
@@ -294,6 +311,25 @@ def inventory_problems(tree, hostvars, spec=None):
                 problems.append(f"host {host}: Kubernetes registers each node under its inventory name, and "
                                 f"{host!r} is not a lowercase DNS name. Fix: rename the host in the inventory "
                                 "(lowercase letters, digits, '-' and '.').")
+
+    # Host firewall (role firewall): its source lists are addresses or networks, and SSH has one at least.
+    for host in all_hosts:
+        v = hv(host)
+        if str(v.get("firewall_enabled", True)).lower() in ("false", "no", "0"):
+            continue
+        for var in FIREWALL_SOURCES:
+            value = v.get(var)
+            if value is None and var != "firewall_ssh_sources":
+                continue
+            if not isinstance(value, (list, tuple)) or (var == "firewall_ssh_sources" and not value):
+                problems.append(f"host {host}: {var} must be a list of addresses or networks"
+                                f"{' and must not be empty' if var == 'firewall_ssh_sources' else ''} (it is "
+                                f"{value!r}). Fix: {FIREWALL_SOURCES[var]}")
+                continue
+            bad = [x for x in value if not _is_network(x)]
+            if bad:
+                problems.append(f"host {host}: {var} has entries that are not an IP address or network: "
+                                f"{', '.join(repr(x) for x in bad)}. Fix: {FIREWALL_SOURCES[var]}")
 
     # Addresses and fabric
     mgmt, fabric = {}, {}

@@ -36,7 +36,7 @@ DISTROS = {"12": Distro("12", "bookworm"), "13": Distro("13", "trixie")}
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "sudo",
     "ca-certificates", "iproute2", "iputils-ping", "procps", "kmod", "initramfs-tools",
-    "linux-image-amd64", "less",
+    "linux-image-amd64", "less", "nftables",
 ]
 
 # Runs inside mmdebstrap with the new root as $1. Reproduces what an installer leaves behind, minus

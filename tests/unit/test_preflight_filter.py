@@ -29,15 +29,16 @@ SPEC = yaml.safe_load((ROOT / "playbooks" / "vars" / "inventory_spec.yml").read_
 
 
 SECRETS = {"vllm_api_key": "k" * 32, "ray_auth_token": "t" * 48}
+FIREWALL = {"firewall_ssh_sources": ["10.0.100.0/24"]}
 
 
 def base_vars():
     return {
         "g1": {"gpu_count": 8, "ansible_host": "10.0.0.1", "fabric_interface": "ib0", "fabric_ip": "10.1.0.1",
-               **SECRETS},
+               **SECRETS, **FIREWALL},
         "g2": {"gpu_count": 8, "ansible_host": "10.0.0.2", "fabric_interface": "ib0", "fabric_ip": "10.1.0.2",
-               **SECRETS},
-        "lb1": {"ansible_host": "10.0.0.9", "vllm_api_key": SECRETS["vllm_api_key"]},
+               **SECRETS, **FIREWALL},
+        "lb1": {"ansible_host": "10.0.0.9", "vllm_api_key": SECRETS["vllm_api_key"], **FIREWALL},
     }
 
 

@@ -46,6 +46,10 @@ CASES = {
     "model_config_not_an_object": "serving group serving_b: vllm_model_config ",
     "lb_is_serving_head": "host gpu-01: is a load balancer (lb) and the head of serving group serving_a, and both "
                           "HAProxy (serving_lb_port) and vLLM (vllm_port) want port 8000",
+    "firewall_without_ssh_sources": "host gpu-01: firewall_ssh_sources must be a list of addresses or networks and "
+                                    "must not be empty (it is []). Fix: list the networks the controller connects from",
+    "firewall_source_not_a_network": "host lb-01: firewall_client_sources has entries that are not an IP address or "
+                                     "network: 'clients.example.net'",
 }
 # The example leaves its secrets to the operator's vault (README: Secrets); its preflight gets made-up ones.
 EXAMPLE_SECRETS = {"vllm_api_key": "example-api-key-0123456789abcdef-0123",
