@@ -37,6 +37,7 @@ def test_the_table_is_loaded_with_a_default_deny_input_chain(host):
     assert [(c["name"], c["hook"], c["policy"]) for c in chains] == [("input", "input", "drop")]
     assert host.file("/etc/gpuforge/firewall/rules.nft").mode == 0o600
     assert host.file("/etc/gpuforge/firewall").mode == 0o700
+    assert host.file("/etc/gpuforge").mode == 0o755  # other roles' files live beside it (Ray's token)
 
 
 def test_the_rules_come_back_when_the_unit_starts_as_at_boot(host):
