@@ -62,6 +62,12 @@ def test_generated_inventory_passes_preflight(tmp_path: Path):
     lab.ensure_secrets()  # the vault `lab up` writes: its secrets must pass preflight's checks too
     shared = lab.secrets()
     assert set(shared) == {"vllm_api_key", "ray_auth_token"}
+    # The lab's shared settings (group_vars/all), as Ansible templates them: the firewall's SSH source.
+    lab_all = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/main.yml").read_text())
+    gateway = data["all"]["vars"]["gpuforge_lab_gateway"]
+    shared["firewall_ssh_sources"] = [s.replace("{{ gpuforge_lab_gateway }}", gateway)
+                                      for s in lab_all["firewall_ssh_sources"]]
+    assert shared["firewall_ssh_sources"] == [gateway]
     hv = {h: dict(v, gpu_count=4, **shared) for h, v in children["gpu_nodes"]["hosts"].items()}
     hv.update({h: dict(v, **shared) for h, v in children["lb"]["hosts"].items()})
     graph = "@all:\n  |--@gpu_nodes:\n" + "".join(f"  |  |--{h}\n" for h in children["gpu_nodes"]["hosts"])
