@@ -157,6 +157,10 @@ def parse_nvidia_smi_xml(text):
                 "pending": _enabled(_text(remapped, "remapped_row_pending")),
                 "failure": _enabled(_text(remapped, "remapped_row_failure")),
             },
+            # Reasons the clocks are held down now ("hw_slowdown", "sw_thermal_slowdown", "gpu_idle", ...):
+            # clocks_event_reasons since driver 535, clocks_throttle_reasons before.
+            "clock_event_reasons_active": _active_reasons(g),
+            "temperature_c": _int(_text(g, "temperature/gpu_temp")),
             "pcie": {
                 "gen_current": _int(_text(pcie, "pcie_gen/current_link_gen")),
                 "gen_max": _int(_text(pcie, "pcie_gen/max_link_gen")),
@@ -170,6 +174,40 @@ def parse_nvidia_smi_xml(text):
         "attached_gpus": _int(_text(root, "attached_gpus")),
         "gpus": gpus,
     }
+
+
+def _active_reasons(gpu):
+    for block, prefix in (("clocks_event_reasons", "clocks_event_reason_"),
+                          ("clocks_throttle_reasons", "clocks_throttle_reason_")):
+        node = gpu.find(block)
+        if node is not None:
+            return sorted(child.tag[len(prefix):] for child in node
+                          if child.tag.startswith(prefix) and (child.text or "").strip() == "Active")
+    return None
+
+
+# The kernel's line for an XID error: "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."
+# (drivers before 410 print the address without "PCI:").
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+)(?:\.[0-7])?\): (\d+),?\s*(.*)$")
+
+
+def parse_xids(kernel_log):
+    """Every XID line of a kernel log (dmesg or journalctl -k): [{"pci": "0000:3b:00", "xid": 79, "text": ...}]."""
+    out = []
+    for line in (kernel_log or "").splitlines():
+        m = _XID.search(line)
+        if m:
+            out.append({"pci": _pci_key(m.group(1)), "xid": int(m.group(2)), "text": m.group(3).strip()})
+    return out
+
+
+def _pci_key(address):
+    """'00000000:3B:00.0' or '0000:3b:00' -> '0000:3b:00': domain to four digits, no function."""
+    parts = address.lower().split(".")[0].split(":")
+    if len(parts) != 3:
+        return address.lower()
+    domain, bus, device = parts
+    return f"{int(domain, 16):04x}:{bus}:{device}"
 
 
 def _ecc_sum(ecc, scope, legacy, sram):

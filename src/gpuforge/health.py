@@ -1,0 +1,148 @@
+"""GPU health checks: what a host's parsed `nvidia-smi -q -x` (module gpu_facts) and its kernel log say about
+each GPU, as checks with a status (pass / warn / fail), the observed value, the threshold and a one-line fix.
+
+Pure logic, no I/O: the health playbook gathers the facts, this module judges them. Thresholds and their
+sources:
+
+- Fatal XIDs: the XIDs NVIDIA's "XID Errors" catalogue (docs.nvidia.com/deploy/xid-errors) marks as needing a
+  GPU reset, a node reboot or hardware service (48 double-bit ECC, 79 fallen off the bus, 92 high single-bit
+  ECC rate, 119/120 GSP errors, ...). Any of them since boot fails the GPU.
+- Row remapping (A100 and later) and page retirement (earlier GPUs), from NVIDIA's "GPU Memory Error
+  Management" guide: a pending remap or retirement needs a GPU reset before the memory is safe; a remapping
+  failure means the GPU should be serviced (the guide's RMA policy). The guide gives row remapping up to 512
+  remappings for the frame buffer, so uncorrectable remapped rows above `remapped_rows_uncorrectable_max`
+  (512) fail too.
+- Volatile uncorrectable ECC errors since the driver loaded: any is a failure (the memory returned bad data).
+- Clock event reasons: a hardware slowdown or thermal slowdown active now fails (power brake, thermal);
+  idle, application clocks and power cap are normal.
+- PCIe: a link narrower than the GPU's maximum fails (a badly seated card or riser); a lower generation is only
+  a warning while the GPU is idle, because GPUs train their link down to save power when idle.
+"""
+
+from __future__ import annotations
+
+FATAL_XIDS = (48, 56, 57, 58, 62, 63, 64, 65, 68, 69, 73, 74, 79, 80, 81, 92, 119, 120)
+SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown")
+DEFAULT_THRESHOLDS = {
+    "remapped_rows_uncorrectable_max": 512,
+    "volatile_uncorrected_ecc_max": 0,
+    "fatal_xids": FATAL_XIDS,
+}
+
+
+def check(name, status, observed, threshold, fix, gpu=None):
+    return {"check": name, "gpu": gpu, "status": status, "observed": observed, "threshold": threshold,
+            "fix": fix if status != "pass" else ""}
+
+
+def pci_key(address):
+    """'00000000:3B:00.0' -> '0000:3b:00' (the form the kernel's XID lines use)."""
+    parts = (address or "").lower().split(".")[0].split(":")
+    if len(parts) != 3:
+        return (address or "").lower()
+    return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}"
+
+
+def driver_matches(installed, pinned):
+    """Whether nvidia-smi's driver version satisfies the inventory's pin: an exact package version
+    ("535.261.03-1" -> 535.261.03) or a branch ("580" -> any 580.x)."""
+    if not pinned:
+        return True
+    if not installed:
+        return False
+    pin = str(pinned).split("-")[0].split(":")[-1]
+    return installed == pin if "." in pin else installed.split(".")[0] == pin
+
+
+def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_active=None, thresholds=None):
+    """Checks for one host. `facts` is gpu_facts' `nvidia_smi` (parsed nvidia-smi -q -x) or None when
+    nvidia-smi could not run; `xids` the kernel log's XID lines (gpuforge_hw.parse_xids); `fabricmanager_active`
+    True/False on NVSwitch systems, None where there is no NVSwitch."""
+    t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    if not facts:
+        return [check("nvidia_smi", "fail", "nvidia-smi did not run", "answers",
+                      "load the driver (reboot after an install) and check `nvidia-smi` on the host")]
+    gpus = facts.get("gpus") or []
+    out = [check("gpu_count", "pass" if len(gpus) == int(gpu_count) else "fail", len(gpus), int(gpu_count),
+                 "a GPU is missing from the bus or from the driver: see `nvidia-smi -L` and the kernel log; "
+                 "reseat or service it, or correct gpu_count")]
+    if driver_version:
+        ok = driver_matches(facts.get("driver_version"), driver_version)
+        out.append(check("driver_version", "pass" if ok else "fail", facts.get("driver_version"), str(driver_version),
+                         "the loaded driver is not the pinned one: run `gpuforge upgrade-drivers` (or reboot "
+                         "into the installed driver)"))
+    if fabricmanager_active is not None:
+        out.append(check("fabricmanager", "pass" if fabricmanager_active else "fail",
+                         "active" if fabricmanager_active else "inactive", "active",
+                         "start nvidia-fabricmanager (`systemctl start nvidia-fabricmanager`): without it an "
+                         "NVSwitch system's GPUs cannot run CUDA"))
+    by_pci = {pci_key(g.get("pci_bus_id")): g.get("index") for g in gpus}
+    fatal = set(t["fatal_xids"])
+    for g in gpus:
+        i = g.get("index")
+        out.append(check("persistence_mode", "pass" if g.get("persistence_mode") else "fail",
+                         "on" if g.get("persistence_mode") else "off", "on",
+                         "enable nvidia-persistenced (role nvidia_driver) so the driver stays initialised", i))
+        rows = g.get("remapped_rows") or {}
+        pages = g.get("retired_pages") or {}
+        pending = bool(rows.get("pending")) or bool(pages.get("pending"))
+        out.append(check("memory_pending_remap", "fail" if pending else "pass",
+                         "pending" if pending else "none", "none",
+                         "drain the GPU and reset it (`nvidia-smi -r -i N`, or reboot) to apply the pending "
+                         "row remap / page retirement", i))
+        out.append(check("memory_remap_failure", "fail" if rows.get("failure") else "pass",
+                         "failed" if rows.get("failure") else "none", "none",
+                         "row remapping failed: the GPU has run out of spare rows; take it out of service and "
+                         "open an RMA", i))
+        unc = rows.get("uncorrectable")
+        if unc is not None:
+            limit = t["remapped_rows_uncorrectable_max"]
+            out.append(check("remapped_rows_uncorrectable", "fail" if unc > limit else "pass", unc, f"<= {limit}",
+                             "too many rows remapped for uncorrectable errors: open an RMA for the GPU", i))
+        ecc = (g.get("ecc") or {}).get("volatile_uncorrected")
+        if ecc is not None:
+            limit = t["volatile_uncorrected_ecc_max"]
+            out.append(check("ecc_volatile_uncorrectable", "fail" if ecc > limit else "pass", ecc, f"<= {limit}",
+                             "uncorrectable memory errors since the driver loaded: drain the GPU, reset it, and "
+                             "watch whether they return (then RMA)", i))
+        reasons = g.get("clock_event_reasons_active")
+        if reasons is not None:
+            slow = [r for r in reasons if r in SLOWDOWN_REASONS]
+            out.append(check("clock_slowdown", "fail" if slow else "pass", ", ".join(slow) or "none", "none",
+                             "the GPU is throttled by hardware: check cooling, fans, inlet temperature and the "
+                             "power supply", i))
+        pcie = g.get("pcie") or {}
+        if pcie.get("width_current") is not None and pcie.get("width_max") is not None:
+            ok = pcie["width_current"] >= pcie["width_max"]
+            out.append(check("pcie_width", "pass" if ok else "fail", f"x{pcie['width_current']}",
+                             f"x{pcie['width_max']}", "the PCIe link is narrower than the GPU's: reseat the GPU "
+                             "or its riser, check the slot", i))
+        if pcie.get("gen_current") is not None and pcie.get("gen_max") is not None:
+            low = pcie["gen_current"] < pcie["gen_max"]
+            idle = "gpu_idle" in (reasons or [])
+            out.append(check("pcie_gen", "pass" if not low else ("warn" if idle else "fail"),
+                             f"gen{pcie['gen_current']}", f"gen{pcie['gen_max']}",
+                             "the PCIe link runs below the GPU's generation under load: check the slot, riser "
+                             "and BIOS link settings" if not idle else
+                             "idle GPUs train their link down to save power; check again under load", i))
+    seen = {}
+    for x in xids or ():
+        if x.get("xid") in fatal:
+            seen.setdefault(by_pci.get(x.get("pci"), x.get("pci")), []).append(x["xid"])
+    for g in gpus:
+        found = seen.pop(g.get("index"), [])
+        out.append(check("xid_fatal", "fail" if found else "pass",
+                         ", ".join(str(v) for v in sorted(set(found))) or "none", "none since boot",
+                         "a fatal XID since boot: drain the GPU, read `journalctl -k | grep Xid`, reset or reboot, "
+                         "and service the GPU if it returns", g.get("index")))
+    for pci, found in seen.items():  # an XID for a device nvidia-smi no longer lists (fallen off the bus)
+        out.append(check("xid_fatal", "fail", ", ".join(str(v) for v in sorted(set(found))), "none since boot",
+                         f"a fatal XID from {pci}, which nvidia-smi does not list: the GPU has left the bus; "
+                         "reboot the host and service the GPU", pci))
+    return out
+
+
+def worst(checks):
+    """The worst status of some checks: fail > warn > pass."""
+    statuses = {c["status"] for c in checks}
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"

@@ -1,0 +1,101 @@
+"""GPU health checks (gpuforge.health) on the recorded real nvidia-smi outputs and kernel-log XID lines."""
+
+import copy
+import sys
+
+from conftest import FIXTURES, ROOT
+
+from gpuforge import health
+
+sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+import gpuforge_hw as hw  # noqa: E402
+
+SMI = FIXTURES / "nvidia-smi"
+H100 = hw.parse_nvidia_smi_xml((SMI / "h100-hgx-8gpu.xml").read_text())
+
+
+def failing(checks):
+    return sorted((c["check"], c["gpu"]) for c in checks if c["status"] == "fail")
+
+
+def test_clock_reasons_and_temperature_are_parsed_from_both_driver_generations():
+    assert {tuple(g["clock_event_reasons_active"]) for g in H100["gpus"]} == {("gpu_idle",)}
+    assert all(20 < g["temperature_c"] < 90 for g in H100["gpus"])
+    (a100,) = hw.parse_nvidia_smi_xml((SMI / "a100-mig-enabled.xml").read_text())["gpus"]
+    assert a100["clock_event_reasons_active"] == []
+    (v100,) = hw.parse_nvidia_smi_xml((SMI / "v100-ecc-retired-pages.xml").read_text())["gpus"]  # driver 410
+    assert v100["clock_event_reasons_active"] == ["gpu_idle"]
+
+
+def test_xid_lines_are_read_from_a_kernel_log_with_both_address_forms():
+    log = ("[ 5.1] nvidia: loading out-of-tree module\n"
+           "[812.4] NVRM: Xid (PCI:0000:53:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
+           "Dec 07 10:00:01 gpu-02 kernel: NVRM: Xid (0000:64:00): 13, Graphics SM Warp Exception\n"
+           "NVRM: Xid (PCI:0000:9A:00.0): 48, An uncorrectable double bit error (DBE) has been detected\n")
+    assert hw.parse_xids(log) == [
+        {"pci": "0000:53:00", "xid": 79, "text": "pid='<unknown>', name=<unknown>, GPU has fallen off the bus."},
+        {"pci": "0000:64:00", "xid": 13, "text": "Graphics SM Warp Exception"},
+        {"pci": "0000:9a:00", "xid": 48, "text": "An uncorrectable double bit error (DBE) has been detected"},
+    ]
+    assert hw.parse_xids("") == [] and hw.parse_xids(None) == []
+
+
+def test_a_healthy_h100_host_passes_every_check():
+    checks = health.gpu_checks(H100, gpu_count=8, driver_version="580.105.08-0ubuntu1", fabricmanager_active=True)
+    assert failing(checks) == [] and health.worst(checks) == "pass"
+    names = {c["check"] for c in checks}
+    assert {"gpu_count", "driver_version", "fabricmanager", "persistence_mode", "memory_pending_remap",
+            "memory_remap_failure", "remapped_rows_uncorrectable", "ecc_volatile_uncorrectable", "clock_slowdown",
+            "pcie_width", "pcie_gen", "xid_fatal"} == names
+    assert all(c["fix"] == "" for c in checks)
+
+
+def test_each_fault_fails_exactly_its_check_on_its_gpu():
+    facts = copy.deepcopy(H100)
+    g1, g3 = facts["gpus"][1], facts["gpus"][3]
+    g1["remapped_rows"]["pending"] = True
+    g3["clock_event_reasons_active"] = ["hw_thermal_slowdown"]
+    xids = [{"pci": health.pci_key(facts["gpus"][5]["pci_bus_id"]), "xid": 79, "text": "fallen off the bus"},
+            {"pci": health.pci_key(facts["gpus"][6]["pci_bus_id"]), "xid": 13, "text": "not fatal"}]
+    checks = health.gpu_checks(facts, gpu_count=8, xids=xids)
+    assert failing(checks) == [("clock_slowdown", g3["index"]), ("memory_pending_remap", g1["index"]),
+                               ("xid_fatal", facts["gpus"][5]["index"])]
+    xid = next(c for c in checks if c["check"] == "xid_fatal" and c["status"] == "fail")
+    assert xid["observed"] == "79" and "journalctl -k" in xid["fix"]
+
+
+def test_a_missing_gpu_the_wrong_driver_and_a_stopped_fabricmanager_fail():
+    facts = copy.deepcopy(H100)
+    lost = facts["gpus"].pop()
+    xids = [{"pci": health.pci_key(lost["pci_bus_id"]), "xid": 79, "text": ""}]
+    checks = health.gpu_checks(facts, gpu_count=8, driver_version="550", fabricmanager_active=False, xids=xids)
+    assert failing(checks) == [("driver_version", None), ("fabricmanager", None), ("gpu_count", None),
+                               ("xid_fatal", health.pci_key(lost["pci_bus_id"]))]
+    count = next(c for c in checks if c["check"] == "gpu_count")
+    assert (count["observed"], count["threshold"]) == (7, 8)
+
+
+def test_retired_pages_and_ecc_on_the_v100_record_fail():
+    facts = hw.parse_nvidia_smi_xml((SMI / "v100-ecc-retired-pages.xml").read_text())
+    assert failing(health.gpu_checks(facts, gpu_count=1)) == [("ecc_volatile_uncorrectable", 0),
+                                                               ("memory_pending_remap", 0)]
+
+
+def test_a_narrow_pcie_link_fails_and_an_idle_gpus_lower_generation_only_warns():
+    facts = hw.parse_nvidia_smi_xml((SMI / "a10g-remapped-rows.xml").read_text())  # x8 of x16, gen1 of 4, idle
+    checks = {c["check"]: c for c in health.gpu_checks(facts, gpu_count=1)}
+    assert (checks["pcie_width"]["status"], checks["pcie_width"]["observed"]) == ("fail", "x8")
+    assert (checks["pcie_gen"]["status"], checks["pcie_gen"]["observed"]) == ("warn", "gen1")
+    facts["gpus"][0]["clock_event_reasons_active"] = []
+    busy = {c["check"]: c for c in health.gpu_checks(facts, gpu_count=1)}
+    assert busy["pcie_gen"]["status"] == "fail"
+
+
+def test_thresholds_and_driver_pins():
+    facts = copy.deepcopy(H100)
+    facts["gpus"][0]["remapped_rows"]["uncorrectable"] = 513
+    assert failing(health.gpu_checks(facts, gpu_count=8)) == [("remapped_rows_uncorrectable", 0)]
+    assert failing(health.gpu_checks(facts, gpu_count=8, thresholds={"remapped_rows_uncorrectable_max": 600})) == []
+    assert health.driver_matches("580.105.08", "580") and health.driver_matches("535.261.03", "535.261.03-1")
+    assert not health.driver_matches("535.247.01", "535.261.03-1") and not health.driver_matches(None, "580")
+    assert health.gpu_checks(None, gpu_count=8)[0]["status"] == "fail"
