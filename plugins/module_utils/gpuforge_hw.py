@@ -261,6 +261,10 @@ def parse_ibstat(text):
     return cas
 
 
+IB_ERROR_COUNTERS = ("link_downed", "symbol_error", "link_error_recovery", "port_rcv_errors",
+                     "local_link_integrity_errors", "excessive_buffer_overrun_errors")
+
+
 def ib_sysfs_ports(sysfs_root="/sys"):
     """InfiniBand/RoCE ports from sysfs_root/class/infiniband/<dev>/ports/<n>/{state,phys_state,rate,link_layer}."""
     base = os.path.join(sysfs_root, "class", "infiniband")
@@ -287,6 +291,11 @@ def ib_sysfs_ports(sysfs_root="/sys"):
                 "rate_gbps": _int(rate),
                 "rate": rate or None,
                 "link_layer": _read(os.path.join(d, "link_layer")),
+                # Error counters that only rise on a bad link (cable, transceiver, switch port); read twice, a
+                # rise between the reads is a live fault (gpuforge.health.fabric_checks).
+                "counters": {name: _int(_read(os.path.join(d, "counters", name)))
+                             for name in IB_ERROR_COUNTERS
+                             if os.path.exists(os.path.join(d, "counters", name))},
             }
         out[dev] = {
             "firmware_version": _read(os.path.join(base, dev, "fw_ver")),

@@ -47,7 +47,8 @@ ansible_facts:
   type: dict
   contains:
     gpuforge_ib:
-      description: C(devices) from sysfs, C(ibstat) parsed (or null), C(problems) (list of str).
+      description: C(devices) from sysfs (each port with state, physical_state, rate_gbps, rate, link_layer and
+        its error counters), C(ibstat) parsed (or null), C(problems) (list of str).
       type: dict
 """
 

@@ -17,6 +17,10 @@ sources:
   idle, application clocks and power cap are normal.
 - PCIe: a link narrower than the GPU's maximum fails (a badly seated card or riser); a lower generation is only
   a warning while the GPU is idle, because GPUs train their link down to save power when idle.
+- Fabric: every port in use Active/LinkUp at the expected rate (`rdma_expected_rate_gbps`; 0 checks the state
+  only), and its error counters (link downed, symbol errors, link error recovery, receive errors) not rising
+  between two reads a few seconds apart: counts left from an old incident are history, a rise is a live fault.
+  Ports the operator lists as unused (`mlx5_1/1`) are not checked.
 """
 
 from __future__ import annotations
@@ -139,6 +143,39 @@ def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_act
         out.append(check("xid_fatal", "fail", ", ".join(str(v) for v in sorted(set(found))), "none since boot",
                          f"a fatal XID from {pci}, which nvidia-smi does not list: the GPU has left the bus; "
                          "reboot the host and service the GPU", pci))
+    return out
+
+
+def fabric_checks(first, second=None, expected_rate_gbps=0, unused_ports=()):
+    """Checks for one host's RDMA ports: `first` and `second` are two reads of ib_facts' sysfs ports
+    ({device: {ports: {n: {state, physical_state, rate_gbps, counters}}}}), `unused_ports` names like
+    "mlx5_1/1" that are not cabled on purpose."""
+    out = []
+    unused = {str(u) for u in unused_ports or ()}
+    for dev, info in sorted((first or {}).items()):
+        for n, port in sorted((info.get("ports") or {}).items(), key=lambda kv: str(kv[0])):
+            name = f"{dev}/{n}"
+            if name in unused:
+                continue
+            state, phys = port.get("state") or "?", port.get("physical_state") or "?"
+            up = state.lower() == "active" and phys.lower() == "linkup"
+            out.append(check("port_state", "pass" if up else "fail", f"{state}/{phys}", "Active/LinkUp",
+                             f"{name} is not up: check its cable and switch port, or list it in "
+                             "health_unused_ports if it is not cabled on purpose", name))
+            if up and expected_rate_gbps:
+                rate = port.get("rate_gbps")
+                out.append(check("port_rate", "pass" if rate == expected_rate_gbps else "fail", rate,
+                                 expected_rate_gbps, f"{name} trained at {rate} Gb/s: reseat or replace the cable "
+                                 "or transceiver, check the switch port", name))
+            later = (((second or {}).get(dev) or {}).get("ports") or {}).get(n) or {}
+            before, after = port.get("counters") or {}, later.get("counters") or {}
+            rising = {k: after[k] - before[k] for k in sorted(before)
+                      if before[k] is not None and after.get(k) is not None and after[k] > before[k]}
+            if second is not None and before:
+                out.append(check("port_errors_rising", "fail" if rising else "pass",
+                                 ", ".join(f"{k} +{v}" for k, v in rising.items()) or "steady", "steady",
+                                 f"{name} is taking link errors now: check the cable, transceiver and switch "
+                                 "port", name))
     return out
 
 

@@ -99,3 +99,31 @@ def test_thresholds_and_driver_pins():
     assert health.driver_matches("580.105.08", "580") and health.driver_matches("535.261.03", "535.261.03-1")
     assert not health.driver_matches("535.247.01", "535.261.03-1") and not health.driver_matches(None, "580")
     assert health.gpu_checks(None, gpu_count=8)[0]["status"] == "fail"
+
+
+def port_tree(root, dev, n, state="4: ACTIVE", phys="5: LinkUp", rate="400 Gb/sec (4X NDR)", **counters):
+    d = root / "class" / "infiniband" / dev / "ports" / str(n)
+    (d / "counters").mkdir(parents=True, exist_ok=True)
+    for name, value in {"state": state, "phys_state": phys, "rate": rate, "link_layer": "InfiniBand"}.items():
+        (d / name).write_text(value + "\n")
+    for name in hw.IB_ERROR_COUNTERS:
+        (d / "counters" / name).write_text(f"{counters.get(name, 0)}\n")
+
+
+def test_fabric_ports_up_at_rate_with_steady_counters_pass_and_each_fault_fails(tmp_path):
+    port_tree(tmp_path, "mlx5_0", 1, symbol_error=12)  # old errors, not rising: history
+    port_tree(tmp_path, "mlx5_1", 1, rate="200 Gb/sec (4X HDR)")
+    port_tree(tmp_path, "mlx5_2", 1, state="1: DOWN", phys="3: Disabled")  # not cabled on purpose
+    port_tree(tmp_path, "mlx5_3", 1, link_downed=1)
+    first = hw.ib_sysfs_ports(str(tmp_path))
+    assert first["mlx5_0"]["ports"][1]["counters"]["symbol_error"] == 12
+    port_tree(tmp_path, "mlx5_3", 1, link_downed=3, symbol_error=40)
+    second = hw.ib_sysfs_ports(str(tmp_path))
+    checks = health.fabric_checks(first, second, expected_rate_gbps=400, unused_ports=["mlx5_2/1"])
+    assert failing(checks) == [("port_errors_rising", "mlx5_3/1"), ("port_rate", "mlx5_1/1")]
+    rising = next(c for c in checks if c["check"] == "port_errors_rising" and c["status"] == "fail")
+    assert rising["observed"] == "link_downed +2, symbol_error +40"
+    assert not any(c["gpu"] == "mlx5_2/1" for c in checks)
+    down = health.fabric_checks(first, second, expected_rate_gbps=400)
+    assert ("port_state", "mlx5_2/1") in failing(down)
+    assert failing(health.fabric_checks(first, expected_rate_gbps=0)) == [("port_state", "mlx5_2/1")]

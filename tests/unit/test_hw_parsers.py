@@ -134,5 +134,6 @@ def test_ib_sysfs_ports(tmp_path):
     (tmp_path / "class" / "infiniband" / "mlx5_0" / "fw_ver").write_text("28.39.1002\n")
     devs = hw.ib_sysfs_ports(str(tmp_path))
     assert devs["mlx5_0"]["ports"][1] == {"state": "ACTIVE", "physical_state": "LinkUp", "rate_gbps": 400,
-                                          "rate": "400 Gb/sec (4X NDR)", "link_layer": "InfiniBand"}
+                                          "rate": "400 Gb/sec (4X NDR)", "link_layer": "InfiniBand",
+                                          "counters": {}}  # no counters directory in this tree
     assert hw.ib_port_problems(devs, 400) == []
