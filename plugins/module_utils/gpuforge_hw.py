@@ -186,30 +186,6 @@ def _active_reasons(gpu):
     return None
 
 
-# The kernel's line for an XID error: "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."
-# (drivers before 410 print the address without "PCI:").
-_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+)(?:\.[0-7])?\): (\d+),?\s*(.*)$")
-
-
-def parse_xids(kernel_log):
-    """Every XID line of a kernel log (dmesg or journalctl -k): [{"pci": "0000:3b:00", "xid": 79, "text": ...}]."""
-    out = []
-    for line in (kernel_log or "").splitlines():
-        m = _XID.search(line)
-        if m:
-            out.append({"pci": _pci_key(m.group(1)), "xid": int(m.group(2)), "text": m.group(3).strip()})
-    return out
-
-
-def _pci_key(address):
-    """'00000000:3B:00.0' or '0000:3b:00' -> '0000:3b:00': domain to four digits, no function."""
-    parts = address.lower().split(".")[0].split(":")
-    if len(parts) != 3:
-        return address.lower()
-    domain, bus, device = parts
-    return f"{int(domain, 16):04x}:{bus}:{device}"
-
-
 def _ecc_sum(ecc, scope, legacy, sram):
     """ECC counts: newer drivers report sram_*/dram_* pairs, older ones single_bit/double_bit totals."""
     if ecc is None:

@@ -25,6 +25,8 @@ sources:
 
 from __future__ import annotations
 
+import re
+
 FATAL_XIDS = (48, 56, 57, 58, 62, 63, 64, 65, 68, 69, 73, 74, 79, 80, 81, 92, 119, 120)
 SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown")
 DEFAULT_THRESHOLDS = {
@@ -32,6 +34,21 @@ DEFAULT_THRESHOLDS = {
     "volatile_uncorrected_ecc_max": 0,
     "fatal_xids": FATAL_XIDS,
 }
+
+
+# The kernel's line for an XID error: "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."
+# (drivers before 410 print the address without "PCI:").
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+)(?:\.[0-7])?\): (\d+),?\s*(.*)$")
+
+
+def parse_xids(kernel_log):
+    """Every XID line of a kernel log (dmesg or journalctl -k): [{"pci": "0000:3b:00", "xid": 79, "text": ...}]."""
+    out = []
+    for line in (kernel_log or "").splitlines():
+        m = _XID.search(line)
+        if m:
+            out.append({"pci": pci_key(m.group(1)), "xid": int(m.group(2)), "text": m.group(3).strip()})
+    return out
 
 
 def check(name, status, observed, threshold, fix, gpu=None):
@@ -60,7 +77,7 @@ def driver_matches(installed, pinned):
 
 def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_active=None, thresholds=None):
     """Checks for one host. `facts` is gpu_facts' `nvidia_smi` (parsed nvidia-smi -q -x) or None when
-    nvidia-smi could not run; `xids` the kernel log's XID lines (gpuforge_hw.parse_xids); `fabricmanager_active`
+    nvidia-smi could not run; `xids` the kernel log's XID lines (parse_xids); `fabricmanager_active`
     True/False on NVSwitch systems, None where there is no NVSwitch."""
     t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     if not facts:
@@ -179,7 +196,35 @@ def fabric_checks(first, second=None, expected_rate_gbps=0, unused_ports=()):
     return out
 
 
+_RANK = {"fail": 0, "warn": 1, "pass": 2}
+
+
 def worst(checks):
     """The worst status of some checks: fail > warn > pass."""
     statuses = {c["status"] for c in checks}
     return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+
+
+def exit_code(results):
+    """0 when every check of every host passed (warnings included), 1 when any failed."""
+    return 1 if any(worst(checks) == "fail" for checks in results.values()) else 0
+
+
+def report(results):
+    """{host: [checks]} as the terminal table: hosts with failures first, then warnings; on each host its
+    failed and warned checks (fail first) with observed value, threshold and fix, and a count of the passes."""
+    lines = []
+    hosts = sorted(results, key=lambda h: (_RANK[worst(results[h])], h))
+    for host in hosts:
+        checks = results[host]
+        bad = sorted((c for c in checks if c["status"] != "pass"),
+                     key=lambda c: (_RANK[c["status"]], c["check"], str(c["gpu"])))
+        passed = len(checks) - len(bad)
+        lines.append(f"{host}: {worst(checks).upper()} ({passed} of {len(checks)} checks passed)")
+        for c in bad:
+            where = "" if c["gpu"] is None else f" [{c['gpu']}]"
+            lines.append(f"  {c['status'].upper():<4}  {c['check']}{where}: {c['observed']} (want {c['threshold']})")
+            lines.append(f"        fix: {c['fix']}")
+    failed = sum(worst(results[h]) == "fail" for h in results)
+    lines.append(f"{len(results)} hosts, {failed} failing")
+    return "\n".join(lines)

@@ -32,12 +32,12 @@ def test_xid_lines_are_read_from_a_kernel_log_with_both_address_forms():
            "[812.4] NVRM: Xid (PCI:0000:53:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
            "Dec 07 10:00:01 gpu-02 kernel: NVRM: Xid (0000:64:00): 13, Graphics SM Warp Exception\n"
            "NVRM: Xid (PCI:0000:9A:00.0): 48, An uncorrectable double bit error (DBE) has been detected\n")
-    assert hw.parse_xids(log) == [
+    assert health.parse_xids(log) == [
         {"pci": "0000:53:00", "xid": 79, "text": "pid='<unknown>', name=<unknown>, GPU has fallen off the bus."},
         {"pci": "0000:64:00", "xid": 13, "text": "Graphics SM Warp Exception"},
         {"pci": "0000:9a:00", "xid": 48, "text": "An uncorrectable double bit error (DBE) has been detected"},
     ]
-    assert hw.parse_xids("") == [] and hw.parse_xids(None) == []
+    assert health.parse_xids("") == [] and health.parse_xids(None) == []
 
 
 def test_a_healthy_h100_host_passes_every_check():
@@ -127,3 +127,23 @@ def test_fabric_ports_up_at_rate_with_steady_counters_pass_and_each_fault_fails(
     down = health.fabric_checks(first, second, expected_rate_gbps=400)
     assert ("port_state", "mlx5_2/1") in failing(down)
     assert failing(health.fabric_checks(first, expected_rate_gbps=0)) == [("port_state", "mlx5_2/1")]
+
+
+def test_the_report_puts_failing_hosts_first_and_the_exit_code_follows_failures_not_warnings():
+    faulty = copy.deepcopy(H100)
+    faulty["gpus"][2]["remapped_rows"]["failure"] = True
+    a10g = hw.parse_nvidia_smi_xml((SMI / "a10g-remapped-rows.xml").read_text())
+    a10g["gpus"][0]["pcie"]["width_current"] = 16  # with persistence on, only the idle generation warning is left
+    a10g["gpus"][0]["persistence_mode"] = True
+    results = {"gpu-01": health.gpu_checks(H100, 8), "gpu-02": health.gpu_checks(faulty, 8),
+               "gpu-03": health.gpu_checks(a10g, 1)}
+    text = health.report(results).splitlines()
+    assert [ln.split(":")[0] for ln in text if not ln.startswith(" ")][:3] == ["gpu-02", "gpu-03", "gpu-01"]
+    assert text[0] == f"gpu-02: FAIL ({len(results['gpu-02']) - 1} of {len(results['gpu-02'])} checks passed)"
+    assert text[1] == "  FAIL  memory_remap_failure [2]: failed (want none)"
+    assert text[2].startswith("        fix: row remapping failed")
+    assert any(ln.startswith("  WARN  pcie_gen [0]: gen1 (want gen4)") for ln in text)
+    assert text[-1] == "3 hosts, 1 failing"
+    assert health.exit_code(results) == 1
+    del results["gpu-02"]
+    assert health.exit_code(results) == 0
