@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -188,8 +189,8 @@ token = open(token_path).read().strip()
 bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 without, wrong = {}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "w" * 48}
 right = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
-def run(argv, env):
-    p = subprocess.run(argv, env={**bare, **env}, capture_output=True, text=True, timeout=90)
+def run(argv, env, timeout=90):
+    p = subprocess.run(argv, env={**bare, **env}, capture_output=True, text=True, timeout=timeout)
     return [p.returncode, (p.stdout + p.stderr)[-3000:]]
 def http(url, key):
     req = urllib.request.Request(url, headers={"Authorization": "Bearer " + key} if key else {})
@@ -197,13 +198,14 @@ def http(url, key):
         return urllib.request.urlopen(req, timeout=30).status
     except urllib.error.HTTPError as e:
         return e.code
-# One try (about 5 s) where a refusal is expected; a few where the connection must succeed on a busy lab.
+# One try (about 5 s) where a refusal is expected. With the token, six (5 s, 10 s, ... 30 s: Ray's backoff): the
+# head starts a server process for each client, which takes a while on a lab busy with other tests.
 client = ("from ray.util.client import ray as c; c.connect('%s:10001', connection_retries=%d); "
           "print(c.get(c.put(7)))")
 out = {}
 for name, env in (("without", without), ("wrong", wrong), ("right", right)):
     out["gcs_" + name] = run([venv + "ray", "status", "--address", head + ":6379"], env)
-    out["client_" + name] = run([venv + "python", "-c", client % (head, 3 if name == "right" else 0)], env)
+    out["client_" + name] = run([venv + "python", "-c", client % (head, 6 if name == "right" else 0)], env, 240)
 for name, key in (("without", None), ("wrong", "w" * 48), ("right", token)):
     out["agent_" + name] = http("http://%s:6383/api/job_agent/jobs/" % head, key)
 print(json.dumps(out))
@@ -215,8 +217,8 @@ def test_ray_refuses_every_endpoint_without_the_token(lab, api_key):
     dashboard (on the head's loopback): without it or with a wrong one they refuse; with it they answer."""
     names = lab.topology.serving_groups["serving_a"]
     head, worker = host(lab, names[0]), names[1]
-    out = ssh(lab, worker, f"/opt/gpuforge/venv/bin/python -c {shlex.quote(RAY_PROBE)} {head.fabric_ip} "
-                           "/etc/gpuforge/ray/auth_token")
+    probe = f"/opt/gpuforge/venv/bin/python -c {shlex.quote(RAY_PROBE)} {head.fabric_ip} /etc/gpuforge/ray/auth_token"
+    out = subprocess.run(lab.ssh_command(host(lab, worker), probe), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.splitlines()[-1])
     for refused in ("without", "wrong"):
