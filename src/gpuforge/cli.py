@@ -60,6 +60,31 @@ def cmd_upgrade_drivers(args: argparse.Namespace) -> int:
     return _locked(args, f"gpuforge upgrade-drivers --version {args.version}", run)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """playbooks/health.yml, read-only; the report on stdout (a table, or JSON with --json), progress on stderr.
+    Exit 0 when every check passed, 1 when one failed, 2 when the checks could not run (bad inventory)."""
+    import tempfile
+
+    from . import health
+    from .runner import run_playbook
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "health.json"
+        rc, summary = run_playbook(_root(args), "playbooks/health.yml", args.inventory, limit=args.limit,
+                                   extra_vars={"health_report_path": str(path)}, out=sys.stderr)
+        if not path.exists():
+            for failure in summary["failures"]:
+                print(f"gpuforge health: {failure.get('host')}: {failure.get('msg')}", file=sys.stderr)
+            print("gpuforge health: the checks did not run (see above)", file=sys.stderr)
+            return 2
+        results = json.loads(path.read_text())
+    for host, stats in summary["hosts"].items():
+        if stats.get("unreachable") and host not in results:
+            results[host] = [health.unreachable(host)]
+    print(json.dumps(results, indent=2) if args.json else health.report(results))
+    return health.exit_code(results)
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
     from . import lock
 
@@ -233,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     upg.add_argument("--break-lock", action="store_true",
                      help="remove a cluster lock left by a run that is gone, then take it")
     upg.set_defaults(func=cmd_upgrade_drivers)
+
+    hlt = sub.add_parser("health", help="read-only checks of GPUs, fabric, serving groups and load balancers")
+    hlt.add_argument("-i", "--inventory", required=True)
+    hlt.add_argument("--limit", help="only these hosts (Ansible's --limit pattern)")
+    hlt.add_argument("--json", action="store_true", help="every check as JSON {host: [checks]}")
+    hlt.set_defaults(func=cmd_health)
 
     lck = sub.add_parser("lock", help="who holds the cluster lock (exit 3 when held); --break removes it")
     lck.add_argument("-i", "--inventory", required=True, help="inventory path, e.g. inventories/prod")

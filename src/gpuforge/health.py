@@ -21,6 +21,9 @@ sources:
   only), and its error counters (link downed, symbol errors, link error recovery, receive errors) not rising
   between two reads a few seconds apart: counts left from an old incident are history, a rise is a live fault.
   Ports the operator lists as unused (`mlx5_1/1`) are not checked.
+- Serving: every host of a serving group alive in its Ray cluster with its GPUs; the head answers a real
+  one-token completion with the key (its latency reported); each load balancer has every group up and in
+  rotation, and answers its health path.
 """
 
 from __future__ import annotations
@@ -196,6 +199,47 @@ def fabric_checks(first, second=None, expected_rate_gbps=0, unused_ports=()):
     return out
 
 
+def serving_checks(group, nodes, expected, gpu_count, completion_status, latency_s=None):
+    """Checks for a serving group's head: `nodes` is `ray list nodes --format json` (alive ones), `expected`
+    {host: fabric address} of the group, `completion_status` the HTTP status of a one-token completion (0 when
+    nothing answered)."""
+    alive = {n.get("node_ip"): n for n in nodes or []}
+    out = []
+    for host, address in expected.items():
+        node = alive.get(address)
+        gpus = ((node or {}).get("resources_total") or {}).get("GPU")
+        ok = node is not None and gpus is not None and int(gpus) == int(gpu_count)
+        observed = "not alive" if node is None else f"alive, {int(gpus or 0)} GPUs"
+        out.append(check("ray_node", "pass" if ok else "fail", observed, f"alive, {int(gpu_count)} GPUs",
+                         f"{host} is not in {group}'s Ray cluster with its GPUs: `systemctl status "
+                         f"ray-worker` (or ray-head) and `journalctl -u ray-worker` on {host}", host))
+    ok = completion_status == 200
+    out.append(check("vllm_completion", "pass" if ok else "fail",
+                     f"HTTP {completion_status}" + (f" in {latency_s:.2f} s" if ok and latency_s is not None else ""),
+                     "HTTP 200", f"{group}'s vLLM does not answer a completion: `journalctl -u vllm` on its head",
+                     group))
+    return out
+
+
+def lb_checks(servers, groups, endpoint_status):
+    """Checks for a load balancer: `servers` is serving_lb's stats ({group: {up, admin}}), `groups` the serving
+    groups it should carry, `endpoint_status` the HTTP status of its health path (0 when nothing answered)."""
+    out = []
+    for group in groups:
+        server = (servers or {}).get(group)
+        if server is None:
+            observed = "missing"
+        else:
+            observed = ("up" if server.get("up") else "down") + f", {server.get('admin', '?')}"
+        ok = server is not None and server.get("up") and server.get("admin") == "ready"
+        out.append(check("lb_group", "pass" if ok else "fail", observed, "up, ready",
+                         f"{group} is out of rotation: a drained group goes back with serving_lb's set_state; a "
+                         f"down one is not answering its readiness check (see {group}'s vllm_completion)", group))
+    out.append(check("endpoint", "pass" if endpoint_status == 200 else "fail", f"HTTP {endpoint_status}", "HTTP 200",
+                     "the endpoint's health path does not answer: `systemctl status haproxy` on the load balancer"))
+    return out
+
+
 _RANK = {"fail": 0, "warn": 1, "pass": 2}
 
 
@@ -208,6 +252,11 @@ def worst(checks):
 def exit_code(results):
     """0 when every check of every host passed (warnings included), 1 when any failed."""
     return 1 if any(worst(checks) == "fail" for checks in results.values()) else 0
+
+
+def unreachable(host):
+    return check("reachable", "fail", "unreachable", "reachable over SSH",
+                 f"the controller cannot reach {host}: check that it is up and that SSH answers")
 
 
 def report(results):

@@ -1,6 +1,7 @@
 """GPU health checks (gpuforge.health) on the recorded real nvidia-smi outputs and kernel-log XID lines."""
 
 import copy
+import json
 import sys
 
 from conftest import FIXTURES, ROOT
@@ -147,3 +148,54 @@ def test_the_report_puts_failing_hosts_first_and_the_exit_code_follows_failures_
     assert health.exit_code(results) == 1
     del results["gpu-02"]
     assert health.exit_code(results) == 0
+
+
+def fake_run(results, stats=None, failures=()):
+    """A stand-in for runner.run_playbook that writes the report playbooks/health.yml would write."""
+    def run(root, playbook, inventory, *, extra_vars=None, **kwargs):
+        assert playbook == "playbooks/health.yml"
+        if results is not None:
+            with open(extra_vars["health_report_path"], "w") as f:
+                json.dump(results, f)
+        return (0 if results is not None else 2), {"hosts": stats or {}, "failures": list(failures)}
+    return run
+
+
+def test_the_health_command_prints_the_report_and_exits_by_the_checks(monkeypatch, capsys):
+    from gpuforge import cli, runner
+
+    ok = {"gpu-01": health.gpu_checks(H100, 8)}
+    monkeypatch.setattr(runner, "run_playbook", fake_run(ok, {"gpu-01": {"ok": 9}, "gpu-02": {"unreachable": 1}}))
+    assert cli.main(["health", "-i", "inventories/prod"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "gpu-02: FAIL (0 of 1 checks passed)" and out[1] == \
+        "  FAIL  reachable: unreachable (want reachable over SSH)"
+    assert out[-1] == "2 hosts, 1 failing"
+
+    monkeypatch.setattr(runner, "run_playbook", fake_run(ok))
+    assert cli.main(["health", "-i", "inventories/prod", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == ok
+
+
+def test_the_health_command_exits_2_when_the_checks_did_not_run(monkeypatch, capsys):
+    from gpuforge import cli, runner
+
+    failure = {"host": "localhost", "msg": "host gpu-01: variable gpu_count is not set"}
+    monkeypatch.setattr(runner, "run_playbook", fake_run(None, failures=[failure]))
+    assert cli.main(["health", "-i", "inventories/prod"]) == 2
+    err = capsys.readouterr().err
+    assert "localhost: host gpu-01: variable gpu_count is not set" in err and "the checks did not run" in err
+
+
+def test_serving_and_load_balancer_checks_name_the_missing_host_and_the_group_out_of_rotation():
+    nodes = [{"node_ip": "10.10.0.11", "resources_total": {"GPU": 8.0}},
+             {"node_ip": "10.10.0.12", "resources_total": {"GPU": 4.0}}]
+    expected = {"hgx-01": "10.10.0.11", "hgx-02": "10.10.0.12", "hgx-03": "10.10.0.13"}
+    checks = health.serving_checks("serving_a", nodes, expected, 8, 200, 0.042)
+    assert failing(checks) == [("ray_node", "hgx-02"), ("ray_node", "hgx-03")]
+    assert [c["observed"] for c in checks] == ["alive, 8 GPUs", "alive, 4 GPUs", "not alive", "HTTP 200 in 0.04 s"]
+    assert failing(health.serving_checks("serving_a", [], {}, 8, 0)) == [("vllm_completion", "serving_a")]
+    servers = {"serving_a": {"up": True, "admin": "ready"}, "serving_b": {"up": True, "admin": "drain"}}
+    lb = health.lb_checks(servers, ["serving_a", "serving_b", "serving_c"], 200)
+    assert failing(lb) == [("lb_group", "serving_b"), ("lb_group", "serving_c")]
+    assert failing(health.lb_checks(servers, ["serving_a"], 503)) == [("endpoint", None)]
