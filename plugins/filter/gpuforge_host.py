@@ -99,7 +99,22 @@ def systemd_quote(value, context="exec"):
     return f'"{text}"'
 
 
+def url_host(address):
+    """A listen address as the host part of a URL that reaches it from the same host: a wildcard (`0.0.0.0`,
+    empty) is reached on loopback (`::` on `[::1]`); an IPv6 address goes in brackets; a name or IPv4 address
+    as it is."""
+    text = str(address or "").strip()
+    if text in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if text == "::":
+        return "[::1]"
+    if ":" in text and not text.startswith("["):
+        return f"[{text}]"
+    return text
+
+
 class FilterModule:
     def filters(self):
         return {"gpuforge_in_container": in_container, "gpuforge_packages_missing": packages_missing,
-                "gpuforge_installed_version": installed_version, "gpuforge_systemd_quote": systemd_quote}
+                "gpuforge_installed_version": installed_version, "gpuforge_systemd_quote": systemd_quote,
+                "gpuforge_url_host": url_host}

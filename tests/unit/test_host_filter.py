@@ -90,3 +90,12 @@ def test_systemd_quote_refuses_newlines_and_unknown_contexts():
         host.systemd_quote("a\nb")
     with pytest.raises(ValueError, match="context must be one of"):
         host.systemd_quote("a", "shell")
+
+
+@pytest.mark.parametrize("address, want", [
+    ("0.0.0.0", "127.0.0.1"), ("", "127.0.0.1"), (None, "127.0.0.1"), ("::", "[::1]"),
+    ("172.28.250.11", "172.28.250.11"), ("fd00::11", "[fd00::11]"), ("[fd00::11]", "[fd00::11]"),
+    ("gpu-01.example", "gpu-01.example"),
+])
+def test_a_listen_address_as_a_url_host(address, want):
+    assert host.url_host(address) == want
