@@ -179,8 +179,6 @@ def test_vllm_listens_on_the_address_the_load_balancer_reaches_not_on_every_inte
         assert local == [f"{head.mgmt_ip}:{PORT}"], (head.name, out.stdout)
 
 
-# Run on a worker of the head's group (it has Ray, and the fabric reaches the head): each of the head's Ray
-# endpoints without the token, with a wrong one, and with the right one (proving it answers at all).
 def test_vllm_on_each_head_runs_as_ray_with_its_key_out_of_sight_and_the_staged_model(lab, api_key):
     """The vllm_serve role's unit on each group's head: enabled and running as `ray`, the key only in a root-only
     file (not in the unit, not on any command line), every file it reads older than the running unit, and the
@@ -215,6 +213,8 @@ def test_vllm_on_each_head_runs_as_ray_with_its_key_out_of_sight_and_the_staged_
             assert {f: h for h, f in (ln.split() for ln in sums.stdout.splitlines())} == want, (group, name)
 
 
+# Run on a worker of the head's group (it has Ray, and the fabric reaches the head): each of the head's Ray
+# endpoints without the token, with a wrong one, and with the right one (proving it answers at all).
 RAY_PROBE = r"""
 import json, os, subprocess, sys, urllib.error, urllib.request
 head, token_path = sys.argv[1], sys.argv[2]
