@@ -1,14 +1,18 @@
 # -*- coding: utf-8 -*-
-"""Parsers for GPU and InfiniBand hardware facts: PCI sysfs, `nvidia-smi -q -x`, `ibstat`, IB sysfs.
+"""Parsers for GPU and InfiniBand hardware facts: PCI sysfs, `nvidia-smi -q -x`, `ibstat`, IB sysfs, kernel-log
+XID lines; and the Prometheus textfile those facts make (textfile_metrics).
 
 Plain functions that take text (or a sysfs root) and return data, so tests/unit feeds them recorded real
-outputs without a host. Used by plugins/modules/gpu_facts.py and ib_facts.py.
+outputs without a host. Used by plugins/modules/gpu_facts.py and ib_facts.py, and by the monitoring role's
+gpuforge-collector, which runs it on the host's own Python 3 (3.9 and later): stdlib only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 import xml.etree.ElementTree as ET
 
 NVIDIA_VENDOR = "0x10de"
@@ -101,6 +105,17 @@ def _int(text):
     return int(m.group(1)) if m else None
 
 
+_FLOAT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)")
+
+
+def _float(text):
+    """'68.92 W' -> 68.92; 'N/A', '[N/A]', None -> None."""
+    if text is None:
+        return None
+    m = _FLOAT.match(text)
+    return float(m.group(1)) if m else None
+
+
 def _text(el, path):
     found = el.find(path) if el is not None else None
     if found is None or found.text is None:
@@ -161,6 +176,7 @@ def parse_nvidia_smi_xml(text):
             # clocks_event_reasons since driver 535, clocks_throttle_reasons before.
             "clock_event_reasons_active": _active_reasons(g),
             "temperature_c": _int(_text(g, "temperature/gpu_temp")),
+            "power_draw_w": _power_draw(g),
             "pcie": {
                 "gen_current": _int(_text(pcie, "pcie_gen/current_link_gen")),
                 "gen_max": _int(_text(pcie, "pcie_gen/max_link_gen")),
@@ -183,6 +199,20 @@ def _active_reasons(gpu):
         if node is not None:
             return sorted(child.tag[len(prefix):] for child in node
                           if child.tag.startswith(prefix) and (child.text or "").strip() == "Active")
+    return None
+
+
+# Newer drivers name the block gpu_power_readings (535 in the recorded A100 output) and later split power_draw into
+# instant_ and average_power_draw (580, H100); older ones call it power_readings (515 A10G, 410 V100).
+_POWER_DRAW = ("gpu_power_readings/power_draw", "gpu_power_readings/instant_power_draw",
+               "gpu_power_readings/average_power_draw", "power_readings/power_draw")
+
+
+def _power_draw(gpu):
+    for path in _POWER_DRAW:
+        value = _float(_text(gpu, path))
+        if value is not None:
+            return value
     return None
 
 
@@ -294,3 +324,194 @@ def ib_port_problems(cas, expected_rate_gbps=None):
             elif expected_rate_gbps and port.get("rate_gbps") != expected_rate_gbps:
                 problems.append(f"{ca} port {n}: rate {port.get('rate_gbps')} Gb/s (want {expected_rate_gbps})")
     return problems
+
+
+# The XIDs NVIDIA's "XID Errors" catalogue (docs.nvidia.com/deploy/xid-errors) marks as needing a GPU reset, a node
+# reboot or hardware service (48 double-bit ECC, 79 fallen off the bus, 92 high single-bit ECC rate, 119/120 GSP
+# errors, ...).
+FATAL_XIDS = (48, 56, 57, 58, 62, 63, 64, 65, 68, 69, 73, 74, 79, 80, 81, 92, 119, 120)
+
+# The kernel's line for an XID error: "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."
+# (drivers before 410 print the address without "PCI:").
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+)(?:\.[0-7])?\): (\d+),?\s*(.*)$")
+
+
+def parse_xids(kernel_log):
+    """Every XID line of a kernel log (dmesg or journalctl -k): [{"pci": "0000:3b:00", "xid": 79, "text": ...}]."""
+    out = []
+    for line in (kernel_log or "").splitlines():
+        m = _XID.search(line)
+        if m:
+            out.append({"pci": pci_key(m.group(1)), "xid": int(m.group(2)), "text": m.group(3).strip()})
+    return out
+
+
+def pci_key(address):
+    """'00000000:3B:00.0' -> '0000:3b:00' (the form the kernel's XID lines use)."""
+    parts = (address or "").lower().split(".")[0].split(":")
+    if len(parts) != 3:
+        return (address or "").lower()
+    return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}"
+
+
+def driver_matches(installed, pinned):
+    """Whether nvidia-smi's driver version satisfies the inventory's pin: an exact package version
+    ("535.261.03-1" -> 535.261.03) or a branch ("580" -> any 580.x)."""
+    if not pinned:
+        return True
+    if not installed:
+        return False
+    pin = str(pinned).split("-")[0].split(":")[-1]
+    return installed == pin if "." in pin else installed.split(".")[0] == pin
+
+
+def _escape_label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def render_metrics(families):
+    """{name: (help, [(labels, value), ...])} as Prometheus text exposition format, every family a gauge.
+
+    A family without samples is left out; the caller leaves out samples it has no value for."""
+    lines = []
+    for name, (help_text, samples) in families.items():
+        if not samples:
+            continue
+        lines.append("# HELP %s %s" % (name, help_text.replace("\\", "\\\\").replace("\n", "\\n")))
+        lines.append("# TYPE %s gauge" % name)
+        for labels, value in samples:
+            pairs = ",".join('%s="%s"' % (k, _escape_label(v)) for k, v in labels.items())
+            lines.append("%s%s %s" % (name, "{%s}" % pairs if pairs else "", _number(value)))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _existing_parent(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def textfile_metrics(gpu, ib, xids, config):
+    """The host's GPU, fabric and model-disk state for node_exporter's textfile collector.
+
+    gpu is gpu_scan()'s dict (None when it failed), ib ib_sysfs_ports()'s, xids parse_xids()'s; config holds
+    gpu_count, driver_version (the pin, may be ""), expected_rate_gbps (0: not checked), unused_ports
+    (["mlx5_1/1"]), fatal_xids and model_dir (may be ""). A value a GPU does not report is left out, never NaN."""
+    config = config or {}
+    families = {}
+
+    def add(metric, help_text, value, /, **labels):  # positional-only: "name" is also a label
+        family = families.setdefault(metric, (help_text, []))
+        if value is not None:
+            family[1].append((labels, value))
+
+    smi = (gpu or {}).get("nvidia_smi")
+    gpus = (smi or {}).get("gpus") or []
+    expected = config.get("gpu_count")
+    add("gpuforge_gpu_expected_count", "GPUs the inventory says this host has (gpu_count).",
+        int(expected) if expected is not None else None)
+    add("gpuforge_gpu_nvidia_smi_up", "1 when nvidia-smi -q -x ran and its output was parsed.", smi is not None)
+    add("gpuforge_gpu_count", "GPUs nvidia-smi lists (0 when it did not run).", len(gpus))
+    add("gpuforge_gpu_driver_matches", "1 when the loaded driver satisfies the pinned driver_version.",
+        smi is not None and driver_matches(smi.get("driver_version"), config.get("driver_version")))
+
+    for g in gpus:
+        i = str(g.get("index"))
+        rows = g.get("remapped_rows") or {}
+        pages = g.get("retired_pages") or {}
+        ecc = g.get("ecc") or {}
+        pcie = g.get("pcie") or {}
+        add("gpuforge_gpu_info", "One per GPU nvidia-smi lists, with its identity.", 1, gpu=i,
+            pci_bus_id=g.get("pci_bus_id") or "", name=g.get("name") or "", uuid=g.get("uuid") or "",
+            driver_version=smi.get("driver_version") or "")
+        add("gpuforge_gpu_persistence_mode", "1 when persistence mode is on.", g.get("persistence_mode"), gpu=i)
+        add("gpuforge_gpu_remapped_rows_pending", "1 when a row remap waits for a GPU reset.",
+            rows.get("pending"), gpu=i)
+        add("gpuforge_gpu_remapped_rows_failure", "1 when row remapping failed (no spare rows left).",
+            rows.get("failure"), gpu=i)
+        for kind in ("correctable", "uncorrectable"):
+            add("gpuforge_gpu_remapped_rows", "Rows remapped, by the kind of error that caused it.",
+                rows.get(kind), gpu=i, kind=kind)
+        add("gpuforge_gpu_retired_pages_pending", "1 when a page retirement waits for a GPU reset.",
+            pages.get("pending"), gpu=i)
+        for scope in ("volatile", "aggregate"):
+            for kind in ("corrected", "uncorrected"):
+                add("gpuforge_gpu_ecc_errors", "ECC errors since the driver loaded (volatile) or ever (aggregate).",
+                    ecc.get(scope + "_" + kind), gpu=i, scope=scope, type=kind)
+        add("gpuforge_gpu_temperature_celsius", "GPU core temperature.", g.get("temperature_c"), gpu=i)
+        add("gpuforge_gpu_power_draw_watts", "GPU power draw.", g.get("power_draw_w"), gpu=i)
+        for kind in ("current", "max"):
+            add("gpuforge_gpu_pcie_link_gen", "PCIe link generation, current and the GPU's maximum.",
+                pcie.get("gen_" + kind), gpu=i, kind=kind)
+            add("gpuforge_gpu_pcie_link_width", "PCIe link width in lanes, current and the GPU's maximum.",
+                pcie.get("width_" + kind), gpu=i, kind=kind)
+        for reason in g.get("clock_event_reasons_active") or ():
+            add("gpuforge_gpu_clock_event_active", "1 for each reason holding the GPU's clocks down now.",
+                1, gpu=i, reason=reason)
+
+    # An XID from an address nvidia-smi does not list keeps the address: that GPU has fallen off the bus.
+    by_pci = {pci_key(g.get("pci_bus_id")): str(g.get("index")) for g in gpus}
+    fatal = set(config.get("fatal_xids", FATAL_XIDS))
+    counts = {}
+    for x in xids or ():
+        key = (by_pci.get(x.get("pci"), str(x.get("pci"))), x.get("xid"))
+        counts[key] = counts.get(key, 0) + 1
+    for (where, xid), n in counts.items():
+        add("gpuforge_gpu_xid_errors", "Kernel XID lines since boot, by GPU and XID.", n,
+            gpu=where, xid=str(xid), fatal="true" if xid in fatal else "false")
+
+    add("gpuforge_ib_port_expected_rate_gbps", "The rate RDMA ports should run at (0: not checked).",
+        config.get("expected_rate_gbps"))
+    unused = {str(u) for u in config.get("unused_ports") or ()}
+    for dev, info in sorted((ib or {}).items()):
+        for n, port in (info.get("ports") or {}).items():
+            if "%s/%s" % (dev, n) in unused:
+                continue
+            up = ((port.get("state") or "").lower() == "active"
+                  and (port.get("physical_state") or "").lower() == "linkup")
+            add("gpuforge_ib_port_up", "1 when the RDMA port is Active/LinkUp.", up, device=dev, port=str(n))
+            add("gpuforge_ib_port_rate_gbps", "The rate the RDMA port trained at.", port.get("rate_gbps"),
+                device=dev, port=str(n))
+            for counter, value in sorted((port.get("counters") or {}).items()):
+                add("gpuforge_ib_port_errors_total", "RDMA port error counters (they only rise on a bad link).",
+                    value, device=dev, port=str(n), counter=counter)
+
+    add("gpuforge_nvswitch_count", "NVSwitches on the PCI bus.", ((gpu or {}).get("pci") or {}).get("nvswitch_count"))
+
+    model_dir = config.get("model_dir") or ""
+    if model_dir:
+        # Before the first download the directory does not exist yet: its filesystem is its nearest parent's.
+        st = os.statvfs(_existing_parent(model_dir))
+        add("gpuforge_model_disk_avail_bytes", "Bytes free to unprivileged users on the model directory's disk.",
+            st.f_bavail * st.f_frsize, path=model_dir)
+        add("gpuforge_model_disk_size_bytes", "Size of the model directory's filesystem.",
+            st.f_blocks * st.f_frsize, path=model_dir)
+    return render_metrics(families)
+
+
+def write_atomically(path, text):
+    """Replace path with text so that a reader (node_exporter's textfile collector) sees the old file or the new
+    one, never half of one: a temporary file in the same directory (not named *.prom, which node_exporter would
+    read), fsynced, made world-readable, then renamed over path."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

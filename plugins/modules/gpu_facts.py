@@ -71,7 +71,7 @@ ansible_facts:
           description: Parsed C(nvidia-smi -q -x) (driver_version, cuda_version, attached_gpus, gpus), or null.
             Each GPU has index, name, uuid, pci_bus_id, memory, persistence_mode, mig_mode, ecc counters,
             retired_pages, remapped_rows, clock_event_reasons_active (the reasons its clocks are held down now),
-            temperature_c and its PCIe link (gen and width, current and maximum).
+            temperature_c, power_draw_w and its PCIe link (gen and width, current and maximum).
           type: dict
         skipped:
           description: Why nvidia-smi was not read, when it was not.

@@ -56,6 +56,27 @@ def test_a10g_remapped_rows_are_read():
     assert gpu["ecc"]["mode_current"] is True
 
 
+def test_power_draw_is_read_from_every_driver_generation():
+    h100 = smi("h100-hgx-8gpu.xml")["gpus"]  # 580: gpu_power_readings/instant_ and average_power_draw
+    assert h100[0]["power_draw_w"] == 68.92 and all(60 < g["power_draw_w"] < 80 for g in h100)
+    assert smi("a100-mig-enabled.xml")["gpus"][0]["power_draw_w"] == 67.03  # 535: gpu_power_readings/power_draw
+    assert smi("a10g-remapped-rows.xml")["gpus"][0]["power_draw_w"] == 25.58  # 515: power_readings/power_draw
+    assert smi("v100-ecc-retired-pages.xml")["gpus"][0]["power_draw_w"] == 50.60  # 410: power_readings/power_draw
+    assert hw._float("N/A") is None and hw._float(None) is None and hw._float("[N/A]") is None
+
+
+def test_xid_pci_and_driver_helpers():
+    log = ("NVRM: Xid (PCI:0000:53:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
+           "kernel: NVRM: Xid (0000:9A:00.0): 48, An uncorrectable double bit error\nnot an xid line\n")
+    assert [(x["pci"], x["xid"]) for x in hw.parse_xids(log)] == [("0000:53:00", 79), ("0000:9a:00", 48)]
+    assert hw.pci_key("00000000:3B:00.0") == "0000:3b:00"
+    assert {79, 48, 119}.issubset(hw.FATAL_XIDS) and 13 not in hw.FATAL_XIDS
+    for installed, pinned, ok in (("580.105.08", "580", True), ("535.261.03", "1:535.261.03-1", True),
+                                  ("535.247.01", "535.261.03", False), (None, "580", False), (None, "", True),
+                                  ("580.105.08", "", True)):
+        assert hw.driver_matches(installed, pinned) is ok, (installed, pinned)
+
+
 def test_garbage_is_an_error_not_empty_facts():
     with pytest.raises(Exception):  # noqa: B017 - any parse error; the module turns it into fail_json
         hw.parse_nvidia_smi_xml("nvidia-smi: command not found")
