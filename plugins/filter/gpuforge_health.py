@@ -15,10 +15,13 @@ description:
     fix).
   - C(gpuforge_fabric_health) takes two reads of ib_facts' C(gpuforge_ib.devices), the expected rate and the
     unused ports.
+  - C(gpuforge_dcgm_health) judges C(dcgmi diag -r 1) from its exit status and output.
   - C(gpuforge_serving_health) and C(gpuforge_lb_health) judge a serving group (its Ray nodes, a completion)
     and a load balancer (its groups, its health path).
   - C(gpuforge_health_report) renders {host: checks} as the terminal report; C(gpuforge_health_failed) is
     true when any check failed.
+  - C(gpuforge_health_failures) takes hosts' variables (each with health_checks) and returns one line
+    per failed check naming the host, the check, the GPU and the observed value.
   - Thresholds and their sources are in the gpuforge package's C(gpuforge.health).
 """
 
@@ -27,6 +30,10 @@ def gpu_health(gpu, gpu_count, driver_version=None, kernel_log="", fabricmanager
     return health.gpu_checks((gpu or {}).get("nvidia_smi"), gpu_count, driver_version=driver_version,
                              xids=health.parse_xids(kernel_log), fabricmanager_active=fabricmanager_active,
                              thresholds=thresholds)
+
+
+def dcgm_health(rc, output):
+    return health.dcgm_checks(int(rc), output)
 
 
 def fabric_health(first, second=None, expected_rate_gbps=0, unused_ports=()):
@@ -42,8 +49,15 @@ def lb_health(servers, groups, endpoint_status):
     return health.lb_checks(servers, groups, int(endpoint_status or 0))
 
 
+def health_failures(hosts):
+    """A list of hostvars (hosts that ran the health role) -> the failed checks, one line each."""
+    return health.failures({h["inventory_hostname"]: h.get("health_checks") or [] for h in hosts})
+
+
 class FilterModule:
     def filters(self):
         return {"gpuforge_gpu_health": gpu_health, "gpuforge_fabric_health": fabric_health,
+                "gpuforge_dcgm_health": dcgm_health,
                 "gpuforge_serving_health": serving_health, "gpuforge_lb_health": lb_health,
-                "gpuforge_health_report": health.report, "gpuforge_health_failed": lambda r: health.exit_code(r) == 1}
+                "gpuforge_health_report": health.report, "gpuforge_health_failed": lambda r: health.exit_code(r) == 1,
+                "gpuforge_health_failures": health_failures}

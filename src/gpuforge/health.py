@@ -28,9 +28,26 @@ sources:
 
 from __future__ import annotations
 
-import re
+import importlib.util
+from pathlib import Path
 
-FATAL_XIDS = (48, 56, 57, 58, 62, 63, 64, 65, 68, 69, 73, 74, 79, 80, 81, 92, 119, 120)
+
+def _load_hw():
+    """The parsers the hosts run (gpu_facts, the metrics collector): plugins/module_utils/gpuforge_hw.py, stdlib
+    only. The controller judges XIDs and driver pins with the same functions, from the same file."""
+    path = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "gpuforge_hw.py"
+    spec = importlib.util.spec_from_file_location("gpuforge_hw", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_hw = _load_hw()
+FATAL_XIDS = _hw.FATAL_XIDS
+parse_xids = _hw.parse_xids
+pci_key = _hw.pci_key
+driver_matches = _hw.driver_matches
+
 SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown")
 DEFAULT_THRESHOLDS = {
     "remapped_rows_uncorrectable_max": 512,
@@ -39,43 +56,9 @@ DEFAULT_THRESHOLDS = {
 }
 
 
-# The kernel's line for an XID error: "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."
-# (drivers before 410 print the address without "PCI:").
-_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+)(?:\.[0-7])?\): (\d+),?\s*(.*)$")
-
-
-def parse_xids(kernel_log):
-    """Every XID line of a kernel log (dmesg or journalctl -k): [{"pci": "0000:3b:00", "xid": 79, "text": ...}]."""
-    out = []
-    for line in (kernel_log or "").splitlines():
-        m = _XID.search(line)
-        if m:
-            out.append({"pci": pci_key(m.group(1)), "xid": int(m.group(2)), "text": m.group(3).strip()})
-    return out
-
-
 def check(name, status, observed, threshold, fix, gpu=None):
     return {"check": name, "gpu": gpu, "status": status, "observed": observed, "threshold": threshold,
             "fix": fix if status != "pass" else ""}
-
-
-def pci_key(address):
-    """'00000000:3B:00.0' -> '0000:3b:00' (the form the kernel's XID lines use)."""
-    parts = (address or "").lower().split(".")[0].split(":")
-    if len(parts) != 3:
-        return (address or "").lower()
-    return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}"
-
-
-def driver_matches(installed, pinned):
-    """Whether nvidia-smi's driver version satisfies the inventory's pin: an exact package version
-    ("535.261.03-1" -> 535.261.03) or a branch ("580" -> any 580.x)."""
-    if not pinned:
-        return True
-    if not installed:
-        return False
-    pin = str(pinned).split("-")[0].split(":")[-1]
-    return installed == pin if "." in pin else installed.split(".")[0] == pin
 
 
 def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_active=None, thresholds=None):
@@ -166,6 +149,22 @@ def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_act
     return out
 
 
+def dcgm_checks(rc, output):
+    """`dcgmi diag -r 1` (DCGM's quick diagnostic, where DCGM is installed): a failure when it exits non-zero or
+    any row of its result table ("| Persistence Mode | Fail |") reads Fail; the failed rows are the observed
+    value."""
+    failed = []
+    for line in (output or "").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] and cells[1].startswith("Fail"):
+            failed.append(cells[0])
+    ok = rc == 0 and not failed
+    observed = ", ".join(failed) if failed else ("pass" if rc == 0 else f"exit status {rc}")
+    return [check("dcgm_diag", "pass" if ok else "fail", observed, "pass",
+                  "read `dcgmi diag -r 1` on the host and fix what it names (install DCGM and start "
+                  "nvidia-dcgm first, or set health_dcgm_diag: false where DCGM is not installed)")]
+
+
 def fabric_checks(first, second=None, expected_rate_gbps=0, unused_ports=()):
     """Checks for one host's RDMA ports: `first` and `second` are two reads of ib_facts' sysfs ports
     ({device: {ports: {n: {state, physical_state, rate_gbps, counters}}}}), `unused_ports` names like
@@ -252,6 +251,18 @@ def worst(checks):
 def exit_code(results):
     """0 when every check of every host passed (warnings included), 1 when any failed."""
     return 1 if any(worst(checks) == "fail" for checks in results.values()) else 0
+
+
+def failures(results):
+    """{host: [checks]} -> one line per failed check: "gpu-03: memory_pending_remap [GPU 1]: pending (want none)"."""
+    lines = []
+    for host in sorted(results):
+        for c in results[host] or ():
+            if c["status"] == "fail":
+                where = "" if c["gpu"] is None else (f" [GPU {c['gpu']}]" if isinstance(c["gpu"], int)
+                                                       else f" [{c['gpu']}]")
+                lines.append(f"{host}: {c['check']}{where}: {c['observed']} (want {c['threshold']})")
+    return lines
 
 
 def unreachable(host):

@@ -199,3 +199,46 @@ def test_serving_and_load_balancer_checks_name_the_missing_host_and_the_group_ou
     lb = health.lb_checks(servers, ["serving_a", "serving_b", "serving_c"], 200)
     assert failing(lb) == [("lb_group", "serving_b"), ("lb_group", "serving_c")]
     assert failing(health.lb_checks(servers, ["serving_a"], 503)) == [("endpoint", None)]
+
+
+def test_the_upgrade_gates_message_names_each_failed_checks_host_gpu_and_value():
+    facts = copy.deepcopy(H100)
+    facts["gpus"][1]["remapped_rows"]["pending"] = True
+    results = {"gpu-04": health.gpu_checks(H100, gpu_count=8),
+               "gpu-03": health.gpu_checks(facts, gpu_count=8)
+               + health.serving_checks("serving_b", [], {"gpu-03": "10.0.0.3"}, 8, 200)}
+    assert health.failures(results) == [
+        "gpu-03: memory_pending_remap [GPU 1]: pending (want none)",
+        "gpu-03: ray_node [gpu-03]: not alive (want alive, 8 GPUs)",
+    ]
+    assert health.failures({"gpu-04": results["gpu-04"]}) == []
+
+
+# `dcgmi diag -r 1`'s result table, cut from a real run on an 8-GPU H200 host with persistence mode off (a public
+# README's recording; its long "Error" text wraps over continuation rows, which must not count as tests).
+DCGM_DIAG = """Successfully ran diagnostic for group.
++---------------------------+------------------------------------------------+
+| Diagnostic                | Result                                         |
++===========================+================================================+
+|-----  Metadata  ----------+------------------------------------------------|
+| DCGM Version              | 3.1.8                                          |
+| Driver Version Detected   | 550.127.08                                     |
+|-----  Deployment  --------+------------------------------------------------|
+| Denylist                  | Pass                                           |
+| NVML Library              | Pass                                           |
+| Persistence Mode          | Fail                                           |
+| Error                     | Persistence mode for GPU 0 is currently disab  |
+|                           | led. The DCGM diagnostic requires peristence   |
+| Environment Variables     | Pass                                           |
+| Page Retirement/Row Remap | Pass                                           |
++---------------------------+------------------------------------------------+
+"""
+
+
+def test_dcgm_diag_fails_on_a_failed_row_or_a_failed_run_and_passes_a_clean_table():
+    (failed,) = health.dcgm_checks(0, DCGM_DIAG)
+    assert (failed["status"], failed["observed"]) == ("fail", "Persistence Mode")
+    clean = DCGM_DIAG.replace("| Fail  ", "| Pass  ")
+    assert health.dcgm_checks(0, clean)[0]["status"] == "pass"
+    missing = health.dcgm_checks(2, "[Errno 2] No such file or directory: b'dcgmi'")[0]
+    assert (missing["status"], missing["observed"]) == ("fail", "exit status 2")
