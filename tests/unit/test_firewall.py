@@ -69,6 +69,7 @@ def render(host, group=(), kubernetes=False, **overrides):
         "firewall_serving_group_hosts": list(group), "firewall_lb_hosts": ["lb-01"],
         "firewall_kubernetes_hosts": ["cp-01", "hgx-01", "hgx-02", "hgx-03"],
         "firewall_vllm_port": 8000, "firewall_lb_port": 8000, "firewall_ray_metrics_port": 6384,
+        "firewall_monitoring_enabled": True, "firewall_node_exporter_port": 9100, "firewall_lb_metrics_port": 8405,
         "firewall_kubernetes_enabled": kubernetes, "firewall_kubernetes_api_port": 6443,
         "firewall_kubernetes_pod_subnet": "10.244.0.0/16",
     }
@@ -107,7 +108,7 @@ def test_a_worker_has_no_vllm_rule_and_a_one_host_group_no_peer_rule():
 
 
 def test_the_load_balancer_opens_the_client_port_to_its_client_sources_only():
-    rules = accepts(render("lb-01"))
+    rules = accepts(render("lb-01", firewall_monitoring_enabled=False))
     assert set(rules) == {"SSH from the controller", "the endpoint, for clients"}
     assert rules["the endpoint, for clients"] == "ip saddr { 0.0.0.0/0 } tcp dport 8000"
     assert "ip6 saddr { ::/0 } tcp dport 8000 accept" in render("lb-01")
@@ -132,3 +133,14 @@ def test_extra_rules_come_before_gpuforges_accepts_and_exporter_ports_go_to_moni
     assert text.index("ip saddr 10.9.9.9 drop") < text.index("SSH from the controller")
     assert accepts(text)["exporters to the monitoring hosts"] == "ip saddr { 10.0.0.31, 10.0.100.5 } tcp dport " \
                                                                  "{ 9100, 9400 }"
+
+
+def test_node_exporter_everywhere_and_haproxy_metrics_on_load_balancers_go_to_the_monitoring_hosts_only():
+    for host, group in (("cp-01", ()), ("hgx-02", ("hgx-01", "hgx-02")), ("lb-01", ())):
+        rules = accepts(render(host, group))
+        assert rules["node_exporter to the monitoring hosts"] == "ip saddr { 10.0.0.31 } tcp dport 9100"
+        assert ("HAProxy metrics to the monitoring hosts" in rules) == (host == "lb-01")
+    lb = accepts(render("lb-01"))
+    assert lb["HAProxy metrics to the monitoring hosts"] == "ip saddr { 10.0.0.31 } tcp dport 8405"
+    off = accepts(render("lb-01", firewall_monitoring_enabled=False))
+    assert not any("monitoring hosts" in k for k in off)
