@@ -15,6 +15,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ FABRIC_NET = "gpuforge-fabric"
 MGMT_SUBNET = ipaddress.ip_network("172.28.250.0/24")
 FABRIC_SUBNET = ipaddress.ip_network("172.28.251.0/24")
 # The NVIDIA driver the lab installs, by Debian release: the versions in Debian's non-free archive.
+# The lab GPU hosts' replayed readings (Lab.install_replay): lab only.
+REPLAY_DIR = Path(__file__).resolve().parent / "lab_replay"
+# The recording it replays, from the repository's fixtures of real hardware.
+REPLAY_RECORDING = "tests/unit/fixtures/nvidia-smi/h100-hgx-8gpu.xml"
+REPLAY_PATH = "/opt/gpuforge-lab"
 LAB_DRIVER_VERSIONS = {"12": "535.261.03-1", "13": "550.163.01-2"}
 
 # Flags that run systemd as PID 1 without --privileged (docs/architecture.md, "The lab"). Resource limits stay
@@ -312,6 +318,7 @@ class Lab:
             self._docker("run", "-d", "--name", h.container, "--label", f"gpuforge.lab.config={config}",
                          *run_args, tag)
             self._docker("network", "connect", "--ip", h.fabric_ip, FABRIC_NET, h.container)
+        self.install_replay()
         self.ensure_secrets()
         self.ensure_tls()
         tinymodel.write(self.model_dir)
@@ -319,6 +326,29 @@ class Lab:
         self.wait_ready()
         say(f"lab is up: {len(self.topology.hosts)} hosts in {time.monotonic() - started:.0f} s; "
             f"inventory {self.inventory.relative_to(self.root)}")
+
+    def install_replay(self) -> None:
+        """The lab's stand-ins for a GPU host's readings (lab only, never installed by a role): a replaying
+        `nvidia-smi` with a recorded real output cut to gpu_count GPUs, a file standing in for
+        /proc/driver/nvidia/version, and an empty kernel log, in /opt/gpuforge-lab/ of every GPU host.
+        inventories/lab points the health checks and the metrics collector at them. Any fault left from an
+        earlier run is cleared."""
+        files = {
+            "nvidia-smi": (REPLAY_DIR / "nvidia-smi").read_bytes(),
+            "recorded.xml": (self.root / REPLAY_RECORDING).read_bytes(),
+            "gpu_count": f"{self.topology.gpus_per_host}\n".encode(),
+            "driver-version": b"gpuforge lab: stands in for /proc/driver/nvidia/version (no GPU here)\n",
+            "kern.log": b"",
+            "faults.json": b"{}\n",
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            (Path(tmp) / "nvidia-smi").chmod(0o755)
+            for h in self.topology.hosts:
+                if h.kind == "gpu":
+                    self._docker("exec", h.container, "mkdir", "-p", REPLAY_PATH)
+                    self._docker("cp", f"{tmp}/.", f"{h.container}:{REPLAY_PATH}")
 
     def _image_id(self, tag: str) -> str:
         return self._docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()

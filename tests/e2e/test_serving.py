@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import ROOT, ssh
+from conftest import ROOT, failed_checks, firing, gpuforge_health, monitoring_host, ssh
 
 from gpuforge.lab import Lab
 
@@ -316,9 +316,9 @@ def test_a_killed_ray_worker_rejoins_within_60_s(lab, api_key):
     assert rejoined is not None and rejoined <= 60, f"{worker} did not rejoin within 60 s ({rejoined})"
 
 
-def test_stopping_one_group_keeps_completions_answering(lab, api_key):
+def test_stopping_one_group_keeps_completions_answering_and_is_reported_and_alerted(lab, api_key):
     groups = lab.topology.serving_groups
-    stopped_group, names = next(iter(groups.items()))
+    stopped_group, names = list(groups.items())[-1]
     head = names[0]
     address = lb_url(lab)
     out = ssh(lab, head, "systemctl stop vllm")
@@ -337,6 +337,14 @@ def test_stopping_one_group_keeps_completions_answering(lab, api_key):
         while lb_server_states(lab).get(stopped_group) != 0 and time.monotonic() < deadline:
             time.sleep(1)
         assert lb_server_states(lab)[stopped_group] == 0, "HAProxy still has the stopped group in rotation"
+        # gpuforge health names the group's head and the load balancer, for that group only; Prometheus alerts.
+        rc, results, seconds = gpuforge_health()
+        print(f"gpuforge health with {stopped_group}'s vLLM stopped: exit {rc} in {seconds:.1f} s")
+        assert rc == 1
+        assert failed_checks(results) == [(head, "vllm_completion", stopped_group),
+                                          (monitoring_host(lab), "lb_group", stopped_group)]
+        print(f"  alerts: {firing(lab, 'VllmGroupDown', group=stopped_group)}, "
+              f"{firing(lab, 'HaproxyGroupDown', server=stopped_group)}")
     finally:
         ssh(lab, head, "systemctl start vllm")
         # Back in rotation once HAProxy's readiness check (a real 1-token completion) passes again; the

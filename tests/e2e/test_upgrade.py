@@ -4,10 +4,12 @@ inventory's version) and after the serving tests; it leaves the lab at the targe
 
 One rollout pass covers the upgrade under load, a fault and the resume, so the tier pays for each group's
 upgrade once:
-1. 535.261.03 -> 535.309.01 (Debian bookworm-security) with dpkg made to fail on a host of the second group: the
-   rollout stops, the first group is at the target and serving, the second is out of rotation and reported.
-2. Without the fault, the same command resumes: the first group is skipped, the second upgraded. Zero failed
-   requests through both runs.
+1. 535.261.03 -> 535.309.01 (Debian bookworm-security) with a pending row remap on GPU 1 of gpu-03 (the second
+   group's head; written into the lab's replayed nvidia-smi): the second group gets the new driver, and then
+   the health gate refuses to put it back in rotation. The rollout stops, the first group is at the target
+   and serving, the second is out of rotation and the report names the host, the check, the GPU and the value.
+2. Without the fault, the same command resumes: the first group is skipped, the second goes through its
+   steps again and back in rotation. Zero failed requests through both runs.
 3. The same command again: every group skipped, nothing changed.
 """
 
@@ -25,7 +27,8 @@ from gpuforge.runner import run_playbook
 START = "535.261.03-1"  # the lab inventory's nvidia_driver_version (Debian 12)
 TARGET = "535.309.01-0+deb12u1"  # bookworm-security
 GROUPS = {"serving_a": ["gpu-01", "gpu-02"], "serving_b": ["gpu-03", "gpu-04"]}
-FAULT = "/etc/apt/apt.conf.d/99gpuforge-e2e-fault"
+FAULTS = "/opt/gpuforge-lab/faults.json"  # the lab's replayed nvidia-smi (lab only)
+REMAP_PENDING_ON_GPU_1 = '{"gpus": {"1": {"remapped_rows/remapped_row_pending": "Yes"}}}'
 
 
 class Load(threading.Thread):
@@ -110,30 +113,32 @@ def test_rolling_upgrade_stops_at_a_fault_and_a_rerun_completes_under_load(lab, 
     hosts = [h for g in GROUPS.values() for h in g]
     assert {h: installed(lab, h) for h in hosts} == dict.fromkeys(hosts, START)
     markers = {h: boot_marker(lab, h) for h in hosts}
-    # A package that cannot be installed: every dpkg run on gpu-04 fails (serving_b's worker).
-    ssh(lab, "gpu-04", f"echo 'DPkg::Pre-Invoke {{\"echo gpuforge e2e fault; exit 1\";}};' > {FAULT}")
+    # A GPU that needs a reset before its memory is safe: serving_b must not go back in rotation.
+    ssh(lab, "gpu-03", f"echo '{REMAP_PENDING_ON_GPU_1}' > {FAULTS}")
     with Load(lb_url(lab), api_key) as load:
         try:
             rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "first", tmp_path / "runs")
-            print(f"\nrolling upgrade {START} -> {TARGET} with a fault on gpu-04: {seconds:.0f} s, rc {rc}; "
-                  f"requests answered so far {load.ok}, failed {len(load.failures)}")
+            print(f"\nrolling upgrade {START} -> {TARGET} with a pending row remap on gpu-03: {seconds:.0f} s, "
+                  f"rc {rc}; requests answered so far {load.ok}, failed {len(load.failures)}")
             assert rc != 0
             assert restaged(summary) == []
-            # The first group moved to the target and serves; the second is out of rotation and reported.
+            # The first group moved to the target and serves; the second has the new driver but is out of
+            # rotation, refused by the gate, and each of its hosts' reports names gpu-03's GPU 1 and the check.
             assert [installed(lab, h) for h in GROUPS["serving_a"]] == [TARGET, TARGET]
             assert all(reports[h]["status"] == "upgraded" for h in GROUPS["serving_a"]), reports
             assert reports[GROUPS["serving_a"][0]]["lb"]["errors_5xx"] == 0
-            assert reports["gpu-04"]["status"] == "failed"
-            assert reports["gpu-04"]["group"] == "serving_b"
-            assert "driver" in reports["gpu-04"]["failed_task"].lower(), reports["gpu-04"]
-            print(f"  reported: gpu-04 failed at {reports['gpu-04']['failed_task']!r}: "
-                  f"{reports['gpu-04']['error'][:200]}")
+            for h in GROUPS["serving_b"]:
+                assert reports[h]["status"] == "failed", reports[h]
+                assert reports[h]["group"] == "serving_b"
+                assert "health check failed" in reports[h]["failed_task"], reports[h]
+                assert "gpu-03: memory_pending_remap [GPU 1]: pending (want none)" in reports[h]["error"], reports[h]
+            print(f"  reported: {reports['gpu-03']['error'][:300]}")
             servers = lb_servers(lab)
             assert servers["serving_a"] == (2, 0), servers
             assert servers["serving_b"][1] & 8, servers  # still drained: out of rotation
             assert complete(lb_url(lab), api_key)[0] == 200
         finally:
-            ssh(lab, "gpu-04", f"rm -f {FAULT}")
+            ssh(lab, "gpu-03", f"echo '{{}}' > {FAULTS}")
 
         rc, summary, reports, seconds = upgrade(TARGET, tmp_path / "second", tmp_path / "runs")
         time.sleep(5)  # a few more requests after the last group is back
