@@ -311,11 +311,15 @@ def ib_sysfs_ports(sysfs_root="/sys"):
     return out
 
 
-def ib_port_problems(cas, expected_rate_gbps=None):
-    """Ports that are not Active/LinkUp (or not at the expected rate), one message each."""
+def ib_port_problems(cas, expected_rate_gbps=None, unused_ports=()):
+    """Ports that are not Active/LinkUp (or not at the expected rate), one message each. Ports named in
+    unused_ports ("mlx5_1/1": not cabled on purpose, e.g. a dual-port card's second port) are not checked."""
     problems = []
+    unused = {str(u) for u in unused_ports or ()}
     for ca, info in sorted(cas.items()):
         for n, port in sorted(info.get("ports", {}).items()):
+            if f"{ca}/{n}" in unused:
+                continue
             state = (port.get("state") or "").lower()
             phys = (port.get("physical_state") or "").lower()
             if state != "active" or phys != "linkup":

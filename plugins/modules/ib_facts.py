@@ -21,6 +21,11 @@ options:
     description: The rate every port should run at (e.g. 400 for NDR); 0 checks only the state.
     type: int
     default: 0
+  unused_ports:
+    description: Ports not cabled on purpose (C(mlx5_1/1)), left out of C(problems).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -61,6 +66,7 @@ def main():
         argument_spec={
             "sysfs_root": {"type": "path", "default": "/sys"},
             "expected_rate_gbps": {"type": "int", "default": 0},
+            "unused_ports": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -74,7 +80,8 @@ def main():
     facts = {
         "devices": devices,
         "ibstat": ibstat,
-        "problems": ib_port_problems(devices, module.params["expected_rate_gbps"] or None),
+        "problems": ib_port_problems(devices, module.params["expected_rate_gbps"] or None,
+                                     module.params["unused_ports"]),
     }
     module.exit_json(changed=False, ansible_facts={"gpuforge_ib": facts})
 

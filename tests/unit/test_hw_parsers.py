@@ -97,6 +97,8 @@ def test_ibstat_down_ports_are_reported():
     down = [ca for ca, info in cas.items() if info["ports"][1]["state"] == "Down"]
     assert down and len(problems) == len(down)
     assert all("want Active/LinkUp" in p for p in problems)
+    # Ports not cabled on purpose are not problems.
+    assert hw.ib_port_problems(cas, unused_ports=[f"{ca}/1" for ca in down]) == []
 
 
 def test_ibstat_polling_port():
