@@ -80,3 +80,15 @@ def firing(lab: Lab, alert: str, timeout: float = 90, **labels: str) -> dict:
             return found[0]["metric"]
         assert time.monotonic() < deadline, f"{alert} {labels} did not fire within {timeout:.0f} s"
         time.sleep(3)
+
+
+def health_gate(group: str, runs_dir: Path) -> list[str]:
+    """driver_upgrade's health gate on one serving group, alone (tests/e2e/playbooks/health_gate.yml): the
+    messages of the hosts it refused, empty when it would put the group back in rotation."""
+    from gpuforge.runner import run_playbook
+
+    rc, summary = run_playbook(ROOT, "tests/e2e/playbooks/health_gate.yml", "inventories/lab",
+                               extra_vars={"gate_group": group}, runs_dir=runs_dir)
+    messages = [f"{f['host']}: {f['msg']}" for f in summary["failures"]]
+    assert (rc == 0) == (messages == []), (rc, messages)
+    return messages

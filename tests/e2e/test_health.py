@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, failed_checks, firing, gpuforge_health, prometheus, ssh
+from conftest import ROOT, failed_checks, firing, gpuforge_health, health_gate, prometheus, ssh
 
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 from test_dashboards import DASHBOARDS, panel_queries  # noqa: E402
@@ -64,6 +64,10 @@ def test_health_passes_and_every_prometheus_target_is_up_on_the_fresh_lab(provis
     assert prometheus(lab, 'ALERTS{alertstate="firing"}') == []
 
 
+def test_the_upgrades_health_gate_lets_a_healthy_group_back(provisioned, tmp_path):
+    assert health_gate(next(iter(provisioned.topology.serving_groups)), tmp_path) == []
+
+
 def test_every_dashboard_panel_queries_the_labs_prometheus_without_error(provisioned):
     queries = [(path.name, title, expr) for path in sorted(DASHBOARDS.glob("*.json"))
                for title, expr in panel_queries(path)]
@@ -95,9 +99,10 @@ def clear(lab, host):
      "memory_pending_remap", 1, "GpuRowRemapPending"),
     ("gpu-02", None, GPU0_XID_79, "xid_fatal", 0, "GpuFatalXid"),
 ], ids=["row-remap-pending", "xid-79"])
-def test_a_gpu_fault_fails_exactly_its_host_gpu_and_check_and_fires_its_alert(provisioned, host, faults,
-                                                                              kernel_line, check, gpu, alert):
+def test_a_gpu_fault_fails_exactly_its_host_gpu_and_check_fires_its_alert_and_closes_the_gate(
+        provisioned, tmp_path, host, faults, kernel_line, check, gpu, alert):
     lab = provisioned
+    group = next(g for g, hosts in lab.topology.serving_groups.items() if host in hosts)
     inject(lab, host, faults, kernel_line)
     try:
         rc, results, seconds = gpuforge_health()
@@ -106,5 +111,11 @@ def test_a_gpu_fault_fails_exactly_its_host_gpu_and_check_and_fires_its_alert(pr
         assert failed_checks(results) == [(host, check, gpu)]
         labels = firing(lab, alert, host=host, gpu=str(gpu))
         print(f"  {alert} fired: {labels}")
+        # The rolling upgrade would keep the group drained: its gate refuses every host of the group, naming
+        # the faulty host, check and GPU.
+        refused = health_gate(group, tmp_path)
+        assert sorted(m.split(":")[0] for m in refused) == sorted(lab.topology.serving_groups[group])
+        assert all(f"{host}: {check} [GPU {gpu}]" in m for m in refused), refused
+        print(f"  the upgrade's gate: {refused[0]}")
     finally:
         clear(lab, host)

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import ROOT, failed_checks, firing, gpuforge_health, monitoring_host, ssh
+from conftest import ROOT, failed_checks, firing, gpuforge_health, health_gate, monitoring_host, ssh
 
 from gpuforge.lab import Lab
 
@@ -316,7 +316,7 @@ def test_a_killed_ray_worker_rejoins_within_60_s(lab, api_key):
     assert rejoined is not None and rejoined <= 60, f"{worker} did not rejoin within 60 s ({rejoined})"
 
 
-def test_stopping_one_group_keeps_completions_answering_and_is_reported_and_alerted(lab, api_key):
+def test_stopping_one_group_keeps_completions_answering_and_is_reported_and_alerted(lab, api_key, tmp_path):
     groups = lab.topology.serving_groups
     stopped_group, names = list(groups.items())[-1]
     head = names[0]
@@ -345,6 +345,9 @@ def test_stopping_one_group_keeps_completions_answering_and_is_reported_and_aler
                                           (monitoring_host(lab), "lb_group", stopped_group)]
         print(f"  alerts: {firing(lab, 'VllmGroupDown', group=stopped_group)}, "
               f"{firing(lab, 'HaproxyGroupDown', server=stopped_group)}")
+        refused = health_gate(stopped_group, tmp_path)
+        assert sorted(m.split(":")[0] for m in refused) == sorted(names)
+        assert all(f"{head}: vllm_completion [{stopped_group}]" in m for m in refused), refused
     finally:
         ssh(lab, head, "systemctl start vllm")
         # Back in rotation once HAProxy's readiness check (a real 1-token completion) passes again; the
