@@ -9,10 +9,10 @@ DOCUMENTATION = r"""
 name: gpuforge_gpu_health
 short_description: Health checks of a host's GPUs, fabric, serving group and load balancer
 description:
-  - C(gpuforge_gpu_health) takes gpu_facts' C(gpuforge_gpu) fact, C(gpu_count), the pinned driver
-    (C(nvidia_driver_version) or branch), the kernel log's text and whether fabricmanager is active (None where
-    the host has no NVSwitch), and returns the checks (check, gpu, status pass/warn/fail, observed, threshold,
-    fix).
+  - C(gpuforge_gpu_health) takes gpu_facts' C(gpuforge_gpu) fact (read with its kernel_log_command and
+    driver_version options: the XID lines and the driver match), C(gpu_count), the pinned driver
+    (C(nvidia_driver_version) or branch) and whether fabricmanager is active (None where the host has no
+    NVSwitch), and returns the checks (check, gpu, status pass/warn/fail, observed, threshold, fix).
   - C(gpuforge_fabric_health) takes two reads of ib_facts' C(gpuforge_ib.devices), the expected rate and the
     unused ports.
   - C(gpuforge_dcgm_health) judges C(dcgmi diag -r 1) from its exit status and output.
@@ -26,10 +26,11 @@ description:
 """
 
 
-def gpu_health(gpu, gpu_count, driver_version=None, kernel_log="", fabricmanager_active=None, thresholds=None):
-    return health.gpu_checks((gpu or {}).get("nvidia_smi"), gpu_count, driver_version=driver_version,
-                             xids=health.parse_xids(kernel_log), fabricmanager_active=fabricmanager_active,
-                             thresholds=thresholds)
+def gpu_health(gpu, gpu_count, driver_version=None, fabricmanager_active=None, thresholds=None):
+    gpu = gpu or {}
+    return health.gpu_checks(gpu.get("nvidia_smi"), gpu_count, driver_version=driver_version,
+                             driver_ok=gpu.get("driver_matches"), xids=gpu.get("xids") or [],
+                             fabricmanager_active=fabricmanager_active, thresholds=thresholds)
 
 
 def dcgm_health(rc, output):

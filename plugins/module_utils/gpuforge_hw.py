@@ -358,6 +358,13 @@ def pci_key(address):
     return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}"
 
 
+def gpu_xids(xids, gpus):
+    """parse_xids' lines, each with the GPU it belongs to ("gpu"): the nvidia-smi index of the GPU at its PCI
+    address, or the address itself when nvidia-smi does not list that GPU (it has fallen off the bus)."""
+    by_pci = {pci_key(g.get("pci_bus_id")): g.get("index") for g in gpus or ()}
+    return [dict(x, gpu=by_pci.get(x.get("pci"), x.get("pci"))) for x in xids or ()]
+
+
 def driver_matches(installed, pinned):
     """Whether nvidia-smi's driver version satisfies the inventory's pin: an exact package version
     ("535.261.03-1" -> 535.261.03) or a branch ("580" -> any 580.x)."""
@@ -463,11 +470,10 @@ def textfile_metrics(gpu, ib, xids, config):
                 1, gpu=i, reason=reason)
 
     # An XID from an address nvidia-smi does not list keeps the address: that GPU has fallen off the bus.
-    by_pci = {pci_key(g.get("pci_bus_id")): str(g.get("index")) for g in gpus}
     fatal = set(config.get("fatal_xids", FATAL_XIDS))
     counts = {}
-    for x in xids or ():
-        key = (by_pci.get(x.get("pci"), str(x.get("pci"))), x.get("xid"))
+    for x in gpu_xids(xids, gpus):
+        key = (str(x["gpu"]), x.get("xid"))
         counts[key] = counts.get(key, 0) + 1
     for (where, xid), n in counts.items():
         add("gpuforge_gpu_xid_errors", "Kernel XID lines since boot, by GPU and XID.", n,

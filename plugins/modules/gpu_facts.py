@@ -28,6 +28,17 @@ options:
     description: The file whose presence means the NVIDIA kernel driver is loaded.
     type: path
     default: /proc/driver/nvidia/version
+  kernel_log_command:
+    description:
+      - "Argv that prints the kernel's XID lines since boot (exit status 1 means none matched), e.g. journalctl
+        --dmesg --boot --no-pager --quiet --grep 'NVRM: Xid'. When set, C(xids) lists them."
+    type: list
+    elements: str
+  driver_version:
+    description:
+      - The pinned driver (an exact package version, or a branch such as C(580)). When set, C(driver_matches)
+        says whether the loaded driver satisfies it.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -76,10 +87,17 @@ ansible_facts:
         skipped:
           description: Why nvidia-smi was not read, when it was not.
           type: str
+        xids:
+          description: With I(kernel_log_command), the kernel's XID lines since boot, each with pci, xid, text and
+            gpu (the nvidia-smi index of the GPU at that address, or the address when nvidia-smi does not list it).
+          type: list
+        driver_matches:
+          description: With I(driver_version), whether nvidia-smi's driver satisfies the pin (false without it).
+          type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gpuforge_hw import gpu_scan
+from ansible.module_utils.gpuforge_hw import driver_matches, gpu_scan, gpu_xids, parse_xids
 
 
 def main():
@@ -88,6 +106,8 @@ def main():
             "sysfs_root": {"type": "path", "default": "/sys"},
             "nvidia_smi": {"type": "str", "default": "nvidia-smi"},
             "proc_driver_version": {"type": "path", "default": "/proc/driver/nvidia/version"},
+            "kernel_log_command": {"type": "list", "elements": "str"},
+            "driver_version": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -96,6 +116,17 @@ def main():
                          module.get_bin_path(module.params["nvidia_smi"]), module.run_command)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
+    gpus = (facts["nvidia_smi"] or {}).get("gpus") or []
+    if module.params["kernel_log_command"]:
+        rc, out, err = module.run_command(module.params["kernel_log_command"])
+        if rc not in (0, 1):  # 1: no line matched, no XID since boot
+            module.fail_json(msg="%s failed (rc=%d): %s" % (" ".join(module.params["kernel_log_command"]), rc,
+                                                            err.strip() or out.strip()))
+        facts["xids"] = gpu_xids(parse_xids(out), gpus)
+    if module.params["driver_version"] is not None:
+        smi = facts["nvidia_smi"]
+        facts["driver_matches"] = smi is not None and driver_matches(smi.get("driver_version"),
+                                                                     module.params["driver_version"])
     module.exit_json(changed=False, ansible_facts={"gpuforge_gpu": facts})
 
 

@@ -28,26 +28,7 @@ sources:
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-
-def _load_hw():
-    """The parsers the hosts run (gpu_facts, the metrics collector): plugins/module_utils/gpuforge_hw.py, stdlib
-    only. The controller judges XIDs and driver pins with the same functions, from the same file."""
-    path = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "gpuforge_hw.py"
-    spec = importlib.util.spec_from_file_location("gpuforge_hw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_hw = _load_hw()
-FATAL_XIDS = _hw.FATAL_XIDS
-parse_xids = _hw.parse_xids
-pci_key = _hw.pci_key
-driver_matches = _hw.driver_matches
-
+FATAL_XIDS = (48, 56, 57, 58, 62, 63, 64, 65, 68, 69, 73, 74, 79, 80, 81, 92, 119, 120)
 SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown")
 DEFAULT_THRESHOLDS = {
     "remapped_rows_uncorrectable_max": 512,
@@ -61,10 +42,12 @@ def check(name, status, observed, threshold, fix, gpu=None):
             "fix": fix if status != "pass" else ""}
 
 
-def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_active=None, thresholds=None):
+def gpu_checks(facts, gpu_count, driver_version=None, driver_ok=None, xids=(), fabricmanager_active=None,
+               thresholds=None):
     """Checks for one host. `facts` is gpu_facts' `nvidia_smi` (parsed nvidia-smi -q -x) or None when
-    nvidia-smi could not run; `xids` the kernel log's XID lines (parse_xids); `fabricmanager_active`
-    True/False on NVSwitch systems, None where there is no NVSwitch."""
+    nvidia-smi could not run; `driver_version` the pin and `driver_ok` whether the loaded driver satisfies it
+    (gpu_facts' driver_matches); `xids` the kernel log's XID lines with their GPU (gpu_facts' xids);
+    `fabricmanager_active` True/False on NVSwitch systems, None where there is no NVSwitch."""
     t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     if not facts:
         return [check("nvidia_smi", "fail", "nvidia-smi did not run", "answers",
@@ -74,7 +57,7 @@ def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_act
                  "a GPU is missing from the bus or from the driver: see `nvidia-smi -L` and the kernel log; "
                  "reseat or service it, or correct gpu_count")]
     if driver_version:
-        ok = driver_matches(facts.get("driver_version"), driver_version)
+        ok = bool(driver_ok)
         out.append(check("driver_version", "pass" if ok else "fail", facts.get("driver_version"), str(driver_version),
                          "the loaded driver is not the pinned one: run `gpuforge upgrade-drivers` (or reboot "
                          "into the installed driver)"))
@@ -83,7 +66,6 @@ def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_act
                          "active" if fabricmanager_active else "inactive", "active",
                          "start nvidia-fabricmanager (`systemctl start nvidia-fabricmanager`): without it an "
                          "NVSwitch system's GPUs cannot run CUDA"))
-    by_pci = {pci_key(g.get("pci_bus_id")): g.get("index") for g in gpus}
     fatal = set(t["fatal_xids"])
     for g in gpus:
         i = g.get("index")
@@ -135,7 +117,7 @@ def gpu_checks(facts, gpu_count, driver_version=None, xids=(), fabricmanager_act
     seen = {}
     for x in xids or ():
         if x.get("xid") in fatal:
-            seen.setdefault(by_pci.get(x.get("pci"), x.get("pci")), []).append(x["xid"])
+            seen.setdefault(x.get("gpu"), []).append(x["xid"])
     for g in gpus:
         found = seen.pop(g.get("index"), [])
         out.append(check("xid_fatal", "fail" if found else "pass",

@@ -33,16 +33,17 @@ def test_xid_lines_are_read_from_a_kernel_log_with_both_address_forms():
            "[812.4] NVRM: Xid (PCI:0000:53:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
            "Dec 07 10:00:01 gpu-02 kernel: NVRM: Xid (0000:64:00): 13, Graphics SM Warp Exception\n"
            "NVRM: Xid (PCI:0000:9A:00.0): 48, An uncorrectable double bit error (DBE) has been detected\n")
-    assert health.parse_xids(log) == [
+    assert hw.parse_xids(log) == [
         {"pci": "0000:53:00", "xid": 79, "text": "pid='<unknown>', name=<unknown>, GPU has fallen off the bus."},
         {"pci": "0000:64:00", "xid": 13, "text": "Graphics SM Warp Exception"},
         {"pci": "0000:9a:00", "xid": 48, "text": "An uncorrectable double bit error (DBE) has been detected"},
     ]
-    assert health.parse_xids("") == [] and health.parse_xids(None) == []
+    assert hw.parse_xids("") == [] and hw.parse_xids(None) == []
 
 
 def test_a_healthy_h100_host_passes_every_check():
-    checks = health.gpu_checks(H100, gpu_count=8, driver_version="580.105.08-0ubuntu1", fabricmanager_active=True)
+    checks = health.gpu_checks(H100, gpu_count=8, driver_version="580.105.08-0ubuntu1", driver_ok=True,
+                               fabricmanager_active=True)
     assert failing(checks) == [] and health.worst(checks) == "pass"
     names = {c["check"] for c in checks}
     assert {"gpu_count", "driver_version", "fabricmanager", "persistence_mode", "memory_pending_remap",
@@ -56,8 +57,9 @@ def test_each_fault_fails_exactly_its_check_on_its_gpu():
     g1, g3 = facts["gpus"][1], facts["gpus"][3]
     g1["remapped_rows"]["pending"] = True
     g3["clock_event_reasons_active"] = ["hw_thermal_slowdown"]
-    xids = [{"pci": health.pci_key(facts["gpus"][5]["pci_bus_id"]), "xid": 79, "text": "fallen off the bus"},
-            {"pci": health.pci_key(facts["gpus"][6]["pci_bus_id"]), "xid": 13, "text": "not fatal"}]
+    xids = hw.gpu_xids([{"pci": hw.pci_key(facts["gpus"][5]["pci_bus_id"]), "xid": 79, "text": "fallen off the bus"},
+                        {"pci": hw.pci_key(facts["gpus"][6]["pci_bus_id"]), "xid": 13, "text": "not fatal"}],
+                       facts["gpus"])
     checks = health.gpu_checks(facts, gpu_count=8, xids=xids)
     assert failing(checks) == [("clock_slowdown", g3["index"]), ("memory_pending_remap", g1["index"]),
                                ("xid_fatal", facts["gpus"][5]["index"])]
@@ -68,10 +70,11 @@ def test_each_fault_fails_exactly_its_check_on_its_gpu():
 def test_a_missing_gpu_the_wrong_driver_and_a_stopped_fabricmanager_fail():
     facts = copy.deepcopy(H100)
     lost = facts["gpus"].pop()
-    xids = [{"pci": health.pci_key(lost["pci_bus_id"]), "xid": 79, "text": ""}]
-    checks = health.gpu_checks(facts, gpu_count=8, driver_version="550", fabricmanager_active=False, xids=xids)
+    xids = hw.gpu_xids([{"pci": hw.pci_key(lost["pci_bus_id"]), "xid": 79, "text": ""}], facts["gpus"])
+    checks = health.gpu_checks(facts, gpu_count=8, driver_version="550", fabricmanager_active=False, xids=xids,
+                               driver_ok=hw.driver_matches(facts["driver_version"], "550"))
     assert failing(checks) == [("driver_version", None), ("fabricmanager", None), ("gpu_count", None),
-                               ("xid_fatal", health.pci_key(lost["pci_bus_id"]))]
+                               ("xid_fatal", hw.pci_key(lost["pci_bus_id"]))]
     count = next(c for c in checks if c["check"] == "gpu_count")
     assert (count["observed"], count["threshold"]) == (7, 8)
 
@@ -97,8 +100,8 @@ def test_thresholds_and_driver_pins():
     facts["gpus"][0]["remapped_rows"]["uncorrectable"] = 513
     assert failing(health.gpu_checks(facts, gpu_count=8)) == [("remapped_rows_uncorrectable", 0)]
     assert failing(health.gpu_checks(facts, gpu_count=8, thresholds={"remapped_rows_uncorrectable_max": 600})) == []
-    assert health.driver_matches("580.105.08", "580") and health.driver_matches("535.261.03", "535.261.03-1")
-    assert not health.driver_matches("535.247.01", "535.261.03-1") and not health.driver_matches(None, "580")
+    assert hw.driver_matches("580.105.08", "580") and hw.driver_matches("535.261.03", "535.261.03-1")
+    assert not hw.driver_matches("535.247.01", "535.261.03-1") and not hw.driver_matches(None, "580")
     assert health.gpu_checks(None, gpu_count=8)[0]["status"] == "fail"
 
 

@@ -71,3 +71,29 @@ def test_gpu_facts_says_when_nvidia_smi_is_missing(tmp_path):
                                       "proc_driver_version": str(proc_version),
                                       "nvidia_smi": str(tmp_path / "no-such-nvidia-smi")})
     assert res["ansible_facts"]["gpuforge_gpu"]["skipped"] == "nvidia-smi is not installed"
+
+
+def test_gpu_facts_reads_the_kernels_xid_lines_and_judges_the_driver_pin(tmp_path):
+    """With kernel_log_command and driver_version, the host resolves each XID line to its GPU and says whether the
+    loaded driver (580.105.08 in the recording) satisfies the pin; a failing log command fails the task."""
+    proc_version = tmp_path / "version"
+    proc_version.write_text("NVRM\n")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat {FIXTURES / 'nvidia-smi' / 'h100-hgx-8gpu.xml'}\n")
+    smi.chmod(0o755)
+    log = tmp_path / "kern.log"
+    log.write_text("kernel: NVRM: Xid (PCI:0000:53:00): 79, pid='<unknown>', GPU has fallen off the bus.\n"
+                   "kernel: NVRM: Xid (PCI:0000:ff:00): 48, An uncorrectable double bit error\n")
+    args = {"proc_driver_version": str(proc_version), "nvidia_smi": str(smi), "kernel_log_command": ["cat", str(log)]}
+    _, res = run_module("gpu_facts", dict(args, driver_version="580"))
+    facts = res["ansible_facts"]["gpuforge_gpu"]
+    assert [(x["gpu"], x["xid"]) for x in facts["xids"]] == [(0, 79), ("0000:ff:00", 48)]
+    assert facts["driver_matches"] is True
+    _, res = run_module("gpu_facts", dict(args, driver_version="535.261.03-1"))
+    assert res["ansible_facts"]["gpuforge_gpu"]["driver_matches"] is False
+    # grep's "no line matched" (exit 1) is no XID, not an error; anything else fails with the command's words.
+    _, res = run_module("gpu_facts", dict(args, kernel_log_command=["grep", "NVRM: Xid", str(tmp_path / "version")]))
+    assert res["ansible_facts"]["gpuforge_gpu"]["xids"] == []
+    out, res = run_module("gpu_facts", dict(args, kernel_log_command=["grep", "Xid", str(tmp_path / "missing")]),
+                          check=False)
+    assert out.returncode != 0 and "grep Xid" in res["msg"] and "(rc=2)" in res["msg"], res
