@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from conftest import FIXTURES, ROOT
+from test_health import port_tree
 
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
 import gpuforge_hw as hw  # noqa: E402
@@ -85,15 +86,6 @@ def scan(smi, nvswitches=4):
     return {"pci": {"gpus": [], "nvswitches": [], "hcas": [], "gpu_count": 8, "nvswitch_count": nvswitches,
                     "hca_count": 0},
             "driver_loaded": smi is not None, "nvidia_smi": smi, "skipped": None}
-
-
-def port_tree(root, dev, n, state="4: ACTIVE", phys="5: LinkUp", rate="400 Gb/sec (4X NDR)", **counters):
-    d = root / "class" / "infiniband" / dev / "ports" / str(n)
-    (d / "counters").mkdir(parents=True, exist_ok=True)
-    for name, value in {"state": state, "phys_state": phys, "rate": rate, "link_layer": "InfiniBand"}.items():
-        (d / name).write_text(value + "\n")
-    for name in hw.IB_ERROR_COUNTERS:
-        (d / "counters" / name).write_text(f"{counters.get(name, 0)}\n")
 
 
 def test_a_healthy_h100_host():
